@@ -1,0 +1,39 @@
+"""asgi_host: a hand-written ASGI 3 host that runs the lifespan protocol itself.
+
+Load models and other resources on `lifespan.startup`, release them (and CUDA
+memory) on `lifespan.shutdown`, serve a few routes and mount sub-apps, with no
+web framework. The PyTorch pieces live in `asgi_host.model` (extra `torch`);
+the protocol test kit in `asgi_host.testing`.
+"""
+
+from ._errors import (
+    AsgiHostError,
+    ClientDisconnect,
+    HTTPError,
+    LifespanError,
+    LifespanProtocolError,
+    ShutdownError,
+    StartupError,
+)
+from ._host import Host
+from ._http import Request, Response
+from ._lifespan import LifespanPhase
+from ._resources import Resource
+from ._routing import Mount, Route
+
+__all__ = [
+    "AsgiHostError",
+    "ClientDisconnect",
+    "HTTPError",
+    "Host",
+    "LifespanError",
+    "LifespanPhase",
+    "LifespanProtocolError",
+    "Mount",
+    "Request",
+    "Resource",
+    "Response",
+    "Route",
+    "ShutdownError",
+    "StartupError",
+]

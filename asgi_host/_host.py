@@ -1,0 +1,178 @@
+"""The host: one ASGI 3 callable that runs lifespan, routes and mounts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from ._errors import ClientDisconnect, HTTPError
+from ._http import Request, error_response
+from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
+from ._resources import Resource, ResourceStack, as_resource
+from ._routing import Endpoint, Mount, Route, Router, route_path
+from ._types import ASGIApp, Receive, Scope, Send, State, send_message
+
+__all__ = ["Host"]
+
+logger = logging.getLogger("asgi_host")
+
+ResourceLike = Resource | Callable[..., AbstractAsyncContextManager[Any]]
+
+
+class Host:
+    """An ASGI 3 app that owns its resources' lifespan and serves routes and mounts.
+
+    ::
+
+        @asynccontextmanager
+        async def model(host):
+            net = await anyio.to_thread.run_sync(load_model)
+            yield {"model": net}
+            del net
+
+        async def predict(request: Request) -> Response:
+            net = request.state["model"]
+            ...
+
+        app = Host(resources=[model], routes=[Route("/predict", predict, methods=["POST"])])
+
+    Resources are entered in order on `lifespan.startup` and released in
+    reverse on `lifespan.shutdown`; what they yield is the state handlers see
+    as `request.state`. Mounted sub-apps (`Mount`) get no lifespan events.
+
+    Timeouts are the host's own (`None` for no limit); hypercorn has its own
+    60 s `startup_timeout` on top, see docs/lifespan.md.
+    """
+
+    def __init__(
+        self,
+        *,
+        resources: Iterable[ResourceLike] = (),
+        routes: Sequence[Route | Mount] = (),
+        startup_timeout_s: float | None = 60.0,
+        shutdown_timeout_s: float | None = 30.0,
+        max_body_bytes: int | None = 1024 * 1024,
+    ) -> None:
+        self.router = Router(routes)
+        self.max_body_bytes = max_body_bytes
+        self._stack = ResourceStack(
+            [as_resource(r) for r in resources],
+            self,
+            startup_timeout_s=startup_timeout_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+        )
+        names = [r.name for r in self._stack.resources]
+        assert len(set(names)) == len(names), f"resource names must be unique, got {names}"
+        self._lifespan = LifespanTracker()
+        # True while the state handlers need is in every request scope because
+        # the server copies the lifespan scope's `state` into it.
+        self._server_copies_state = False
+
+    @property
+    def phase(self) -> LifespanPhase:
+        return self._lifespan.phase
+
+    @property
+    def state(self) -> Mapping[str, Any]:
+        """What the resources yielded; empty until startup completes."""
+        return self._stack.state
+
+    @property
+    def resources(self) -> list[Resource]:
+        return list(self._stack.resources)
+
+    def route(self, path: str, *, methods: Iterable[str] = ("GET",)) -> Callable[[Endpoint], Endpoint]:
+        """Decorator form of `Route`: `@host.route("/ping")`."""
+
+        def decorate(endpoint: Endpoint) -> Endpoint:
+            self.router.add(Route(path, endpoint, methods=methods))
+            return endpoint
+
+        return decorate
+
+    def mount(self, prefix: str, app: ASGIApp) -> None:
+        self.router.add(Mount(prefix, app))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            state = scope.get("state")
+            self._server_copies_state = isinstance(state, dict)
+            try:
+                await run_lifespan(self._stack, self._lifespan, scope, receive, send)
+            finally:
+                self._server_copies_state = False
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            # The spec asks apps to raise on scope types they do not know.
+            raise ValueError(f"asgi_host.Host cannot handle scope type {kind!r}")
+
+    def _request_state(self, scope: Scope) -> State:
+        server_state = scope.get("state")
+        if self._server_copies_state and isinstance(server_state, dict):
+            return server_state
+        # No state from the server (it lacks support, or the host was started
+        # some other way): give handlers and sub-apps a copy, as servers do.
+        state: State = dict(server_state) if isinstance(server_state, Mapping) else {}
+        state.update(self._stack.state)
+        scope["state"] = state
+        return state
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = route_path(scope)
+        state = self._request_state(scope)
+        table = self.router.paths.get(path)
+        if table is None:
+            mount = self.router.mount_for(path)
+            if mount is not None:
+                await mount.app(mount.child_scope(scope, path), receive, send)
+                return
+        method: str = scope["method"]
+        head = method == "HEAD"
+        try:
+            if table is None:
+                raise HTTPError(404, f"no route for {path!r}")
+            endpoint = table.get(method) or (table.get("GET") if head else None)
+            if endpoint is None:
+                allowed = self.router.allowed(table)
+                raise HTTPError(
+                    405,
+                    f"method {method} is not allowed for {path!r}; allowed: {', '.join(allowed)}",
+                    headers=[("allow", ", ".join(allowed))],
+                )
+            request = Request(scope, receive, state, max_body_bytes=self.max_body_bytes)
+            response = await endpoint(request)
+        except HTTPError as exc:
+            response = error_response(exc)
+        except ClientDisconnect:
+            return  # nobody to answer
+        except Exception:
+            logger.exception("unhandled error in %s %s", method, path)
+            response = error_response(
+                HTTPError(500, "internal server error; the traceback is in the server log")
+            )
+        try:
+            await response.send(send, head=head)
+        except OSError:
+            # ASGI 2.4: send() may raise once the client has gone away.
+            logger.debug("client went away before the response to %s %s was sent", method, path)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = route_path(scope)
+        mount = self.router.mount_for(path)
+        if mount is not None:
+            self._request_state(scope)
+            await mount.app(mount.child_scope(scope, path), receive, send)
+            return
+        # A plain HTTP app denies websockets: close before accept, and the
+        # server answers the handshake with 403.
+        message = await receive()
+        if message.get("type") == "websocket.connect":
+            await send_message(
+                send, {"type": "websocket.close", "code": 1008, "reason": "no websocket route here"}
+            )

@@ -1,0 +1,155 @@
+"""Requests, responses and the error JSON: the small HTTP layer routes use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from ._errors import ClientDisconnect, HTTPError
+from ._types import Receive, Scope, Send, State, send_message
+
+__all__ = ["Request", "Response", "error_response"]
+
+
+class _ErrorDetail(msgspec.Struct, omit_defaults=True):
+    status: int
+    type: str
+    message: str
+    path: str | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorDetail
+
+
+_json_encoder = msgspec.json.Encoder()
+
+
+class Response:
+    """A complete response: status, headers and a body sent in one message.
+
+    `headers` are `(name, value)` string pairs; `content-length` is added.
+    """
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self,
+        body: bytes = b"",
+        *,
+        status: int = 200,
+        media_type: str | None = None,
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self.status = status
+        self.body = body
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        if media_type is not None:
+            raw.append((b"content-type", media_type.encode("latin-1")))
+        raw.append((b"content-length", str(len(body)).encode("latin-1")))
+        self.headers = raw
+
+    @classmethod
+    def json(cls, content: Any, *, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        """Encode `content` (anything msgspec encodes: dicts, lists, Structs) as JSON."""
+        return cls(
+            _json_encoder.encode(content), status=status, media_type="application/json", headers=headers
+        )
+
+    async def send(self, send: Send, *, head: bool = False) -> None:
+        await send_message(
+            send, {"type": "http.response.start", "status": self.status, "headers": self.headers}
+        )
+        await send_message(send, {"type": "http.response.body", "body": b"" if head else self.body})
+
+
+def error_response(error: HTTPError) -> Response:
+    """The error JSON for `error`: `{"error": {"status", "type", "message"[, "path"]}}`."""
+    detail = _ErrorDetail(status=error.status, type=error.type, message=error.message, path=error.path)
+    return Response(
+        _json_encoder.encode(_ErrorBody(error=detail)),
+        status=error.status,
+        media_type="application/json",
+        headers=error.headers,
+    )
+
+
+class Request:
+    """An HTTP request as a route handler sees it.
+
+    `state` is the lifespan state (what the host's resources yielded), the same
+    whether or not the server supports lifespan state. `receive` stays
+    available, so a handler can keep watching for `http.disconnect` after
+    reading the body.
+    """
+
+    __slots__ = ("_body", "_headers", "max_body_bytes", "receive", "scope", "state")
+
+    def __init__(self, scope: Scope, receive: Receive, state: State, *, max_body_bytes: int | None) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.state = state
+        self.max_body_bytes = max_body_bytes
+        self._headers: dict[str, str] | None = None
+        self._body: bytes | None = None
+
+    @property
+    def method(self) -> str:
+        method: str = self.scope["method"]
+        return method
+
+    @property
+    def path(self) -> str:
+        path: str = self.scope["path"]
+        return path
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Lower-cased header names; repeated headers are joined with ", "."""
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            for raw_name, raw_value in self.scope.get("headers", ()):
+                name = raw_name.decode("latin-1").lower()
+                value = raw_value.decode("latin-1")
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            self._headers = headers
+        return self._headers
+
+    async def body(self) -> bytes:
+        """Read the whole body, refusing (413) past `max_body_bytes` without buffering more.
+
+        A declared `content-length` over the limit is refused before reading;
+        otherwise chunks are counted as they arrive. Raises `ClientDisconnect`
+        when the client goes away first.
+        """
+        if self._body is not None:
+            return self._body
+        limit = self.max_body_bytes
+        declared = self.headers.get("content-length")
+        if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            kind = message.get("type")
+            if kind == "http.disconnect":
+                raise ClientDisconnect("the client disconnected while sending the body")
+            if kind != "http.request":
+                raise HTTPError(400, f"unexpected ASGI message {kind!r} while reading the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise _too_large(limit)
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self._body = b"".join(chunks)
+        return self._body
+
+
+def _too_large(limit: int) -> HTTPError:
+    return HTTPError(413, f"request body is larger than max_body_bytes={limit}")

@@ -1,0 +1,110 @@
+"""Exact-path routes and prefix mounts."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from ._http import Request, Response
+from ._types import ASGIApp, Scope
+
+__all__ = ["Endpoint", "Mount", "Route", "Router", "route_path"]
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Route:
+    """An exact path answered by `endpoint` for `methods` (HEAD comes with GET).
+
+    `endpoint` is `async def endpoint(request: Request) -> Response`.
+    """
+
+    def __init__(self, path: str, endpoint: Endpoint, *, methods: Iterable[str] = ("GET",)) -> None:
+        assert path.startswith("/"), f"route path {path!r} must start with '/'"
+        assert inspect.iscoroutinefunction(endpoint) or inspect.iscoroutinefunction(
+            type(endpoint).__call__  # endpoint objects with an async __call__
+        ), f"endpoint for {path!r} must be an async function"
+        self.path = path
+        self.endpoint = endpoint
+        self.methods = frozenset(m.upper() for m in methods)
+        assert self.methods, f"route {path!r} needs at least one method"
+
+    def __repr__(self) -> str:
+        return f"Route({self.path!r}, methods={sorted(self.methods)})"
+
+
+class Mount:
+    """A sub-app for every path under `prefix`, matched on a `/` boundary.
+
+    `/api` matches `/api` and `/api/x`, never `/apix`. The sub-app's scope keeps
+    the full `path` and `raw_path` and gets `root_path` extended by the prefix
+    (the ASGI spec's rule, which Starlette sub-apps rely on). By default the
+    sub-app receives no lifespan events: see docs/mounts.md.
+    """
+
+    def __init__(self, prefix: str, app: ASGIApp) -> None:
+        prefix = prefix.rstrip("/")
+        assert prefix.startswith("/"), f"mount prefix {prefix!r} must start with '/' and not be the root"
+        self.prefix = prefix
+        self.app = app
+
+    def matches(self, path: str) -> bool:
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
+    def child_scope(self, scope: Scope, path: str) -> Scope:
+        root_path: str = scope.get("root_path", "")
+        child = dict(scope)
+        # `path` here is relative to the parent's root_path; give the child the
+        # full path so `path` always starts with its `root_path`, whichever way
+        # the server filled them in.
+        child["path"] = root_path + path
+        child["root_path"] = root_path + self.prefix
+        return child
+
+    def __repr__(self) -> str:
+        return f"Mount({self.prefix!r}, {self.app!r})"
+
+
+def route_path(scope: Scope) -> str:
+    """The path relative to `root_path`, tolerating servers that leave `root_path` out of `path`."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        rest = path[len(root_path) :]
+        if not rest or rest.startswith("/"):
+            return rest or "/"
+    return path
+
+
+class Router:
+    """Looks a path up: exact routes first, then mounts, longest prefix first."""
+
+    def __init__(self, routes: Sequence[Route | Mount] = ()) -> None:
+        self.paths: dict[str, dict[str, Endpoint]] = {}
+        self.mounts: list[Mount] = []
+        for item in routes:
+            self.add(item)
+
+    def add(self, item: Route | Mount) -> None:
+        if isinstance(item, Mount):
+            assert all(m.prefix != item.prefix for m in self.mounts), f"two mounts at {item.prefix!r}"
+            self.mounts.append(item)
+            self.mounts.sort(key=lambda m: len(m.prefix), reverse=True)
+            return
+        table = self.paths.setdefault(item.path, {})
+        for method in item.methods:
+            assert method not in table, f"two routes for {method} {item.path}"
+            table[method] = item.endpoint
+
+    def mount_for(self, path: str) -> Mount | None:
+        for mount in self.mounts:
+            if mount.matches(path):
+                return mount
+        return None
+
+    @staticmethod
+    def allowed(table: dict[str, Endpoint]) -> list[str]:
+        methods = set(table)
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)

@@ -1,0 +1,402 @@
+"""Drive any ASGI 3 app with raw lifespan and HTTP messages, on asyncio or trio.
+
+No server, no HTTP client: the app gets the exact messages a server would send,
+and you get back the exact messages it sent::
+
+    from asgi_host.testing import LifespanDriver
+
+    async def test_predict():
+        async with LifespanDriver(app) as lifespan:          # startup, or raise
+            result = await lifespan.request("POST", "/predict", json={"inputs": [[1, 2, 3, 4]]})
+            assert result.status == 200
+        assert lifespan.transcript[-1] == ("send", {"type": "lifespan.shutdown.complete"})
+
+Works with apps nobody here wrote (FastAPI, Starlette, ...): see docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+import msgspec
+
+from ._errors import AsgiHostError
+from ._types import ASGIApp, Message, Scope, State
+
+__all__ = [
+    "AppTimeout",
+    "HTTPResult",
+    "LifespanDriver",
+    "LifespanFailed",
+    "LifespanUnsupported",
+    "ProtocolViolation",
+    "Transcript",
+    "call",
+    "http_scope",
+    "request",
+]
+
+Transcript = list[tuple[str, Message]]
+"""Every message in order, as `("receive", msg)` (to the app) or `("send", msg)` (from it)."""
+
+
+class LifespanFailed(AsgiHostError):
+    """The app answered `lifespan.startup.failed` or `lifespan.shutdown.failed`."""
+
+    def __init__(self, phase: str, message: str, transcript: Transcript) -> None:
+        self.phase = phase
+        self.message = message
+        self.transcript = transcript
+        super().__init__(f"lifespan {phase} failed: {message}")
+
+
+class LifespanUnsupported(AsgiHostError):
+    """The app raised (or returned) before answering startup: servers then run without lifespan."""
+
+    def __init__(self, error: BaseException | None, transcript: Transcript) -> None:
+        self.error = error
+        self.transcript = transcript
+        reason = f"raised {type(error).__name__}: {error}" if error else "returned without answering"
+        super().__init__(
+            f"the app {reason} before answering lifespan.startup; servers treat this as"
+            " 'lifespan unsupported' and serve without it"
+        )
+
+
+class AppTimeout(AsgiHostError):
+    """The app did not answer within the driver's timeout."""
+
+    def __init__(self, what: str, timeout_s: float, transcript: Transcript) -> None:
+        self.transcript = transcript
+        super().__init__(f"{what} within {timeout_s} s: raise the timeout_s of the driver or find the hang")
+
+
+class ProtocolViolation(AsgiHostError):
+    """The app sent a message the ASGI spec does not allow at that point."""
+
+
+@dataclass
+class HTTPResult:
+    """What an app answered to one HTTP request."""
+
+    status: int | None
+    headers: list[tuple[str, str]]
+    body: bytes
+    transcript: Transcript = field(repr=False)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), None)
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.body)
+
+
+def http_scope(
+    method: str = "GET",
+    path: str = "/",
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    query_string: bytes = b"",
+    root_path: str = "",
+    state: State | None = None,
+) -> Scope:
+    """An HTTP scope as a server builds it (`path` includes `root_path`)."""
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": method.upper(),
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query_string,
+        "root_path": root_path,
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    if state is not None:
+        scope["state"] = dict(state)  # servers hand each request a shallow copy
+    return scope
+
+
+async def call(
+    app: ASGIApp,
+    scope: Scope,
+    incoming: Sequence[Message],
+    *,
+    timeout_s: float = 5.0,
+    transcript: Transcript | None = None,
+) -> Transcript:
+    """Run `app` on `scope`, feeding `incoming` messages; return the whole transcript.
+
+    Once `incoming` is used up, `receive()` waits until the app has finished its
+    response and then reports the client gone (`http.disconnect` or
+    `websocket.disconnect`), as a server does; in a lifespan scope it waits
+    until the timeout. HTTP response messages are checked against the spec; a
+    violation raises `ProtocolViolation`. An exception from the app propagates;
+    pass your own `transcript` list to inspect the messages afterwards.
+    """
+    transcript = [] if transcript is None else transcript
+    pending = list(incoming)
+    finished = anyio.Event()
+    checker = _ResponseChecker(scope["type"])
+
+    async def receive() -> Message:
+        if pending:
+            message = pending.pop(0)
+        else:
+            await finished.wait()
+            message = (
+                {"type": "websocket.disconnect", "code": 1000}
+                if scope["type"] == "websocket"
+                else {"type": "http.disconnect"}
+            )
+        transcript.append(("receive", message))
+        return message
+
+    async def send(message: Message) -> None:
+        transcript.append(("send", dict(message)))
+        if checker.feed(message):
+            finished.set()
+
+    with anyio.move_on_after(timeout_s) as scope_timer:
+        await app(scope, receive, send)
+    if scope_timer.cancelled_caught:
+        raise AppTimeout(
+            f"the app did not finish {scope['type']} {scope.get('path', '')!r}", timeout_s, transcript
+        )
+    return transcript
+
+
+async def request(
+    app: ASGIApp,
+    method: str = "GET",
+    path: str = "/",
+    *,
+    body: bytes = b"",
+    json: Any = None,
+    chunks: Sequence[bytes] | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    query_string: bytes = b"",
+    root_path: str = "",
+    disconnect: bool = False,
+    state: State | None = None,
+    timeout_s: float = 5.0,
+) -> HTTPResult:
+    """Send one HTTP request to `app` with raw messages and collect the answer.
+
+    The body goes as one `http.request` message, or as `chunks` (one message
+    each). `json=` encodes a body and sets `content-type`. `disconnect=True`
+    sends `http.disconnect` instead of finishing the body. `state` is copied
+    into the scope as servers do with lifespan state.
+    """
+    header_list = list(headers)
+    if json is not None:
+        body = msgspec.json.encode(json)
+        header_list.append(("content-type", "application/json"))
+    parts = list(chunks) if chunks is not None else [body]
+    names = {k.lower() for k, _ in header_list}
+    if chunks is None and not disconnect and "content-length" not in names:
+        header_list.append(("content-length", str(len(body))))
+    messages: list[Message] = [
+        {"type": "http.request", "body": part, "more_body": disconnect or i < len(parts) - 1}
+        for i, part in enumerate(parts)
+    ]
+    if disconnect:
+        messages.append({"type": "http.disconnect"})
+    scope = http_scope(
+        method,
+        root_path + path,
+        headers=header_list,
+        query_string=query_string,
+        root_path=root_path,
+        state=state,
+    )
+    transcript = await call(app, scope, messages, timeout_s=timeout_s)
+    status: int | None = None
+    response_headers: list[tuple[str, str]] = []
+    body_parts: list[bytes] = []
+    for direction, message in transcript:
+        if direction != "send":
+            continue
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            response_headers = [
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in message.get("headers", [])
+            ]
+        elif message["type"] == "http.response.body":
+            body_parts.append(message.get("body", b""))
+    return HTTPResult(status, response_headers, b"".join(body_parts), transcript)
+
+
+class _ResponseChecker:
+    """Checks the order of response messages; `feed` says when the response is complete."""
+
+    def __init__(self, scope_type: str) -> None:
+        self.scope_type = scope_type
+        self.started = False
+        self.done = False
+
+    def feed(self, message: Message) -> bool:
+        kind = message.get("type")
+        if self.done:
+            raise ProtocolViolation(f"the app sent {kind!r} after its response was complete")
+        if self.scope_type == "websocket":
+            self.done = kind == "websocket.close"
+            return self.done
+        if self.scope_type == "lifespan":
+            if not str(kind).startswith("lifespan."):
+                raise ProtocolViolation(f"unexpected message {kind!r} in a lifespan scope")
+            return False
+        if kind == "http.response.start":
+            if self.started:
+                raise ProtocolViolation("the app sent 'http.response.start' twice")
+            self.started = True
+        elif kind == "http.response.body":
+            if not self.started:
+                raise ProtocolViolation("the app sent 'http.response.body' before 'http.response.start'")
+            self.done = not message.get("more_body", False)
+        else:
+            raise ProtocolViolation(f"unexpected message {kind!r} in an http scope")
+        return self.done
+
+
+class LifespanDriver:
+    """Run an app's lifespan with raw messages: `async with LifespanDriver(app) as lifespan:`.
+
+    Entering sends `lifespan.startup` and returns once the app answers
+    `startup.complete`; `startup.failed` raises `LifespanFailed` with the app's
+    message; an app that raises first raises `LifespanUnsupported`; no answer
+    within `startup_timeout_s` raises `AppTimeout`. Leaving sends
+    `lifespan.shutdown` and checks the answer the same way, then that the app
+    returns promptly. `state` is the lifespan state the app filled in
+    (`with_state=False` leaves it out of the scope, as older servers do).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        startup_timeout_s: float = 5.0,
+        shutdown_timeout_s: float = 5.0,
+        with_state: bool = True,
+    ) -> None:
+        self.app = app
+        self.startup_timeout_s = startup_timeout_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
+        if with_state:
+            self.scope["state"] = {}
+        self.transcript: Transcript = []
+        self.app_error: BaseException | None = None
+
+    @property
+    def state(self) -> State:
+        state: State = self.scope.get("state", {})
+        return state
+
+    async def request(self, method: str = "GET", path: str = "/", **kwargs: Any) -> HTTPResult:
+        """`request()` against the app, with a copy of the lifespan state in the scope."""
+        kwargs.setdefault("state", self.scope.get("state"))
+        return await request(self.app, method, path, **kwargs)
+
+    async def __aenter__(self) -> LifespanDriver:
+        self._to_app, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
+        app_outbox, self._from_app = anyio.create_memory_object_stream[Message](math.inf)
+        self._streams = (self._to_app, app_inbox, app_outbox, self._from_app)
+        self._app_done = anyio.Event()
+
+        async def receive() -> Message:
+            message = await app_inbox.receive()
+            self.transcript.append(("receive", message))
+            return message
+
+        async def send(message: Message) -> None:
+            self.transcript.append(("send", dict(message)))
+            await app_outbox.send(dict(message))
+
+        async def run_app() -> None:
+            try:
+                await self.app(self.scope, receive, send)
+            except Exception as exc:
+                self.app_error = exc
+            finally:
+                self._app_done.set()
+                app_outbox.close()
+
+        # Held open by hand (not `async with`) so that errors are raised after
+        # the task group closes, unwrapped: `pytest.raises(LifespanFailed)` works.
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(run_app)
+        try:
+            await self._exchange("startup", self.startup_timeout_s)
+        except BaseException as exc:
+            if isinstance(exc, AppTimeout):
+                self._task_group.cancel_scope.cancel()  # it hangs: waiting longer helps nobody
+            await self._close(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        error: BaseException | None = None
+        if not self._app_done.is_set():
+            # Shielded: shutdown is sent even if the test body was cancelled.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._exchange("shutdown", self.shutdown_timeout_s)
+                except AsgiHostError as failure:
+                    error = failure
+        timeout = await self._close(error)
+        error = error or timeout
+        if error is not None and exc is None:
+            raise error
+
+    async def _close(self, failure: BaseException | None) -> AppTimeout | None:
+        """Wait (bounded) for the app to return, then close the task group."""
+        timeout: AppTimeout | None = None
+        with anyio.CancelScope(shield=True) as waiting:
+            waiting.deadline = anyio.current_time() + self.shutdown_timeout_s
+            await self._app_done.wait()
+        if not self._app_done.is_set():
+            self._task_group.cancel_scope.cancel()
+            if failure is None:
+                timeout = AppTimeout(
+                    "the app did not return after answering lifespan.shutdown",
+                    self.shutdown_timeout_s,
+                    self.transcript,
+                )
+        await self._task_group.__aexit__(None, None, None)
+        for stream in self._streams:
+            stream.close()
+        return timeout
+
+    async def _exchange(self, phase: str, timeout_s: float) -> None:
+        await self._to_app.send({"type": f"lifespan.{phase}"})
+        reply: Message | None = None
+        with anyio.move_on_after(timeout_s):
+            try:
+                reply = await self._from_app.receive()
+            except anyio.EndOfStream:
+                if phase == "startup":
+                    raise LifespanUnsupported(self.app_error, self.transcript) from self.app_error
+                raise ProtocolViolation(
+                    f"the app returned without answering lifespan.shutdown (error: {self.app_error!r})"
+                ) from self.app_error
+        if reply is None:
+            raise AppTimeout(f"the app did not answer lifespan.{phase}", timeout_s, self.transcript)
+        kind = reply.get("type")
+        if kind == f"lifespan.{phase}.failed":
+            raise LifespanFailed(phase, str(reply.get("message", "")), self.transcript)
+        if kind != f"lifespan.{phase}.complete":
+            raise ProtocolViolation(f"the app answered lifespan.{phase} with {kind!r}")
