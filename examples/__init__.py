@@ -1,0 +1,1 @@
+"""Runnable examples: `hypercorn examples.app:app`, `hypercorn examples.mounts:app`."""

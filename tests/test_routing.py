@@ -1,0 +1,226 @@
+"""Routes, mounts, errors and websockets, with raw ASGI messages."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from asgi_host import Host, HTTPError, Mount, Request, Response, Route
+from asgi_host._types import Message, Receive, Scope, Send
+from asgi_host.testing import call, http_scope, request
+
+pytestmark = pytest.mark.anyio
+
+
+async def echo_scope(scope: Scope, receive: Receive, send: Send) -> None:
+    """A raw sub-app that answers with the scope fields a mount changes."""
+    body = Response.json(
+        {"path": scope["path"], "root_path": scope["root_path"], "raw_path": scope["raw_path"].decode()}
+    )
+    await body.send(send)
+
+
+async def hello(request: Request) -> Response:
+    return Response.json({"hello": request.path})
+
+
+async def create(request: Request) -> Response:
+    return Response(await request.body(), status=201, media_type="application/octet-stream")
+
+
+def make_host(**kwargs: Any) -> Host:
+    return Host(
+        routes=[
+            Route("/hello", hello),
+            Route("/items", create, methods=["POST", "PUT"]),
+            Mount("/api", echo_scope),
+            Mount("/api/v2", echo_scope),
+        ],
+        **kwargs,
+    )
+
+
+async def test_route_answers_json() -> None:
+    result = await request(make_host(), "GET", "/hello")
+    assert result.status == 200
+    assert result.json() == {"hello": "/hello"}
+    assert result.header("content-type") == "application/json"
+    assert result.header("content-length") == str(len(result.body))
+
+
+async def test_unknown_path_is_404_json() -> None:
+    result = await request(make_host(), "GET", "/nope")
+    assert result.status == 404
+    assert result.json() == {"error": {"status": 404, "type": "not_found", "message": "no route for '/nope'"}}
+
+
+async def test_wrong_method_is_405_with_allow() -> None:
+    result = await request(make_host(), "DELETE", "/items")
+    assert result.status == 405
+    assert result.header("allow") == "POST, PUT"
+    assert result.json()["error"]["type"] == "method_not_allowed"
+    get_only = await request(make_host(), "POST", "/hello")
+    assert get_only.header("allow") == "GET, HEAD"
+
+
+async def test_head_where_get_exists_sends_headers_and_no_body() -> None:
+    get = await request(make_host(), "GET", "/hello")
+    head = await request(make_host(), "HEAD", "/hello")
+    assert head.status == 200
+    assert head.body == b""
+    assert head.header("content-length") == get.header("content-length")
+
+
+async def test_body_in_chunks_is_reassembled() -> None:
+    result = await request(make_host(), "POST", "/items", chunks=[b"ab", b"", b"cd", b"e"])
+    assert (result.status, result.body) == (201, b"abcde")
+
+
+async def test_body_over_the_limit_is_413_while_reading() -> None:
+    received: list[int] = []
+    host = make_host(max_body_bytes=4)
+    chunks = [b"ab", b"cd", b"ef", b"gh"]
+    result = await request(host, "POST", "/items", chunks=chunks)
+    assert result.status == 413
+    assert result.json()["error"]["message"] == "request body is larger than max_body_bytes=4"
+    # Stopped at the chunk that crossed the limit: the rest was never read.
+    received = [
+        len(m["body"]) for d, m in result.transcript if d == "receive" and m["type"] == "http.request"
+    ]
+    assert received == [2, 2, 2]
+
+
+async def test_declared_content_length_over_the_limit_is_refused_before_reading() -> None:
+    result = await request(make_host(max_body_bytes=4), "POST", "/items", body=b"0123456789")
+    assert result.status == 413
+    assert [m for d, m in result.transcript if d == "receive" and m["type"] == "http.request"] == []
+
+
+async def test_client_disconnect_mid_body_sends_nothing() -> None:
+    result = await request(make_host(), "POST", "/items", chunks=[b"ab"], disconnect=True)
+    assert result.status is None
+    assert [d for d, _ in result.transcript if d == "send"] == []
+
+
+async def test_handler_error_is_500_without_traceback_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("secret detail")
+
+    host = Host(routes=[Route("/boom", boom)])
+    with caplog.at_level(logging.ERROR, logger="asgi_host"):
+        result = await request(host, "GET", "/boom")
+    assert result.status == 500
+    assert b"secret detail" not in result.body
+    assert b"Traceback" not in result.body
+    assert result.json()["error"]["type"] == "internal_error"
+    assert "secret detail" in caplog.text
+    # The host keeps serving.
+    assert (await request(host, "GET", "/boom")).status == 500
+
+
+async def test_http_error_from_a_handler_keeps_its_status_headers_and_path() -> None:
+    async def busy(request: Request) -> Response:
+        raise HTTPError(503, "loading", headers=[("retry-after", "2")], path="$.x")
+
+    result = await request(Host(routes=[Route("/b", busy)]), "GET", "/b")
+    assert result.status == 503
+    assert result.header("retry-after") == "2"
+    assert result.json() == {
+        "error": {"status": 503, "type": "unavailable", "message": "loading", "path": "$.x"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api", {"path": "/api", "root_path": "/api", "raw_path": "/api"}),
+        ("/api/x", {"path": "/api/x", "root_path": "/api", "raw_path": "/api/x"}),
+        ("/api/v2/y", {"path": "/api/v2/y", "root_path": "/api/v2", "raw_path": "/api/v2/y"}),
+        ("/api/v2x", {"path": "/api/v2x", "root_path": "/api", "raw_path": "/api/v2x"}),
+    ],
+)
+async def test_mount_extends_root_path_and_keeps_path(path: str, expected: dict[str, str]) -> None:
+    result = await request(make_host(), "GET", path)
+    assert result.json() == expected
+
+
+async def test_mount_matches_only_on_a_slash_boundary() -> None:
+    result = await request(make_host(), "GET", "/apix")
+    assert result.status == 404
+
+
+async def test_mount_under_a_root_path_included_in_path() -> None:
+    # Server puts root_path into path (uvicorn --root-path, Starlette mounts).
+    result = await request(make_host(), "GET", "/api/x", root_path="/svc")
+    assert result.json() == {"path": "/svc/api/x", "root_path": "/svc/api", "raw_path": "/svc/api/x"}
+
+
+async def test_mount_under_a_root_path_left_out_of_path() -> None:
+    # hypercorn --root-path behind a proxy that strips the prefix: path lacks root_path.
+    scope = http_scope("GET", "/api/x", root_path="/svc")
+    transcript = await call(make_host(), scope, [{"type": "http.request", "body": b""}])
+    body = next(m["body"] for d, m in transcript if d == "send" and m["type"] == "http.response.body")
+    assert b'"root_path":"/svc/api"' in body
+    assert b'"path":"/svc/api/x"' in body
+
+
+async def test_routes_match_relative_to_root_path() -> None:
+    result = await request(make_host(), "GET", "/hello", root_path="/svc")
+    assert result.json() == {"hello": "/svc/hello"}
+
+
+async def test_websocket_is_denied_with_close_before_accept() -> None:
+    scope = {**http_scope("GET", "/hello"), "type": "websocket", "scheme": "ws"}
+    transcript = await call(make_host(), scope, [{"type": "websocket.connect"}])
+    sent = [m for d, m in transcript if d == "send"]
+    assert len(sent) == 1
+    assert sent[0]["type"] == "websocket.close"
+
+
+async def test_websocket_reaches_a_mount_that_takes_it() -> None:
+    async def ws_app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "websocket"
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+
+    host = Host(routes=[Mount("/ws", ws_app)])
+    scope = {**http_scope("GET", "/ws/chat"), "type": "websocket", "scheme": "ws"}
+    transcript = await call(host, scope, [{"type": "websocket.connect"}])
+    assert [m["type"] for d, m in transcript if d == "send"] == ["websocket.accept", "websocket.close"]
+
+
+async def test_unknown_scope_type_raises() -> None:
+    with pytest.raises(ValueError, match="cannot handle scope type 'webtransport'"):
+        await make_host()({"type": "webtransport"}, _never, _discard)
+
+
+async def test_decorator_route() -> None:
+    host = Host()
+
+    @host.route("/ping", methods=["GET"])
+    async def ping(request: Request) -> Response:
+        return Response(b"pong", media_type="text/plain")
+
+    assert (await request(host, "GET", "/ping")).body == b"pong"
+
+
+def test_building_mistakes_are_caught_early() -> None:
+    with pytest.raises(AssertionError, match="must start with '/'"):
+        Route("hello", hello)
+    with pytest.raises(AssertionError, match="must be an async function"):
+        Route("/x", lambda request: None)  # type: ignore[arg-type, return-value]
+    with pytest.raises(AssertionError, match="two routes for GET /hello"):
+        Host(routes=[Route("/hello", hello), Route("/hello", hello)])
+    with pytest.raises(AssertionError, match="mount prefix"):
+        Mount("/", echo_scope)
+
+
+async def _never() -> Message:
+    raise AssertionError("not called")
+
+
+async def _discard(message: Message) -> None:
+    raise AssertionError("not called")
