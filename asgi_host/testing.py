@@ -297,6 +297,7 @@ class LifespanDriver:
             self.scope["state"] = {}
         self.transcript: Transcript = []
         self.app_error: BaseException | None = None
+        self._shutdown_sent = False
 
     @property
     def state(self) -> State:
@@ -349,18 +350,29 @@ class LifespanDriver:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        error: BaseException | None = None
-        if not self._app_done.is_set():
+        error: BaseException | None = None  # an explicit shutdown() already raised its own
+        if not self._shutdown_sent and not self._app_done.is_set():
             # Shielded: shutdown is sent even if the test body was cancelled.
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._exchange("shutdown", self.shutdown_timeout_s)
+                    await self.shutdown()
                 except AsgiHostError as failure:
                     error = failure
         timeout = await self._close(error)
         error = error or timeout
         if error is not None and exc is None:
             raise error
+
+    async def shutdown(self) -> None:
+        """Send `lifespan.shutdown` now and wait for the answer (leaving then only cleans up).
+
+        For testing shutdown while requests are in flight: call it from a task
+        while another task's request is still running.
+        """
+        if self._shutdown_sent:
+            return
+        self._shutdown_sent = True
+        await self._exchange("shutdown", self.shutdown_timeout_s)
 
     async def _close(self, failure: BaseException | None) -> AppTimeout | None:
         """Wait (bounded) for the app to return, then close the task group."""

@@ -1,0 +1,238 @@
+"""The PyTorch model resource: loading, errors, draining and release."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from asgi_host import Host, HTTPError, Request, Response, Route
+from asgi_host.model import ModelHandle, TorchModel, release_cuda_memory, resolve_device
+from asgi_host.testing import LifespanDriver, LifespanFailed
+from examples.iris import WEIGHTS, IrisMLP
+
+pytestmark = pytest.mark.anyio
+
+
+def host_with(model: TorchModel, *routes: Route) -> Host:
+    return Host(resources=[model], routes=list(routes))
+
+
+async def start_and_get_handle(model: TorchModel) -> tuple[ModelHandle, str, torch.dtype]:
+    async with LifespanDriver(host_with(model)) as lifespan:
+        handle: ModelHandle = lifespan.state["model"]
+        module = handle.module
+        device = str(next(module.parameters()).device)
+        return handle, device, next(module.parameters()).dtype
+
+
+async def test_loads_safetensors_and_runs_off_the_loop() -> None:
+    loop_thread = threading.get_ident()
+    async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, device="cpu"))) as lifespan:
+        handle: ModelHandle = lifespan.state["model"]
+        assert not handle.module.training
+        ran_in: list[int] = []
+
+        def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            ran_in.append(threading.get_ident())
+            assert torch.is_inference_mode_enabled()
+            result: torch.Tensor = module(x)
+            return result
+
+        logits = await handle.run(forward, torch.tensor([[5.1, 3.5, 1.4, 0.2]]))
+    assert logits.argmax().item() == 0  # setosa
+    assert ran_in
+    assert ran_in[0] != loop_thread
+    assert handle.forward_passes == 1
+
+
+async def test_loads_a_state_dict_with_weights_only(tmp_path: Path) -> None:
+    trained = TorchModel(IrisMLP, WEIGHTS).load()[0]
+    path = tmp_path / "iris.pt"
+    torch.save(trained.state_dict(), path)
+    async with LifespanDriver(host_with(TorchModel(IrisMLP, path))) as lifespan:
+        module = lifespan.state["model"].module
+        assert torch.equal(module.layers[0].weight, trained.layers[0].weight)
+
+
+class _Payload:
+    """Unpickling this runs code: a weights file must never do that."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.makedirs, (self.marker,))
+
+
+async def test_pickled_code_in_a_weights_file_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"layers.0.weight": _Payload(str(marker))}, path)
+    with pytest.raises(LifespanFailed, match="weights_only=True: files with pickled code are refused"):
+        async with LifespanDriver(host_with(TorchModel(IrisMLP, path))):
+            pass
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("make_weights", "message"),
+    [
+        (lambda d: d / "missing.safetensors", r"weights file .*missing\.safetensors does not exist"),
+        (lambda d: _save(d, IrisMLP(hidden=8)), r"do not fit IrisMLP: .*size mismatch for layers\.0\.weight"),
+        (lambda d: _save(d, nn.Linear(4, 3)), r"do not fit IrisMLP: .*Missing key\(s\)"),
+        (lambda d: _touch(d / "weights.onnx"), r"has suffix '\.onnx'; use \.safetensors"),
+        (lambda d: _touch(d / "broken.safetensors"), r"reading weights .*broken\.safetensors failed"),
+    ],
+)
+async def test_load_errors_fail_startup_with_an_actionable_message(
+    tmp_path: Path, make_weights: Any, message: str
+) -> None:
+    weights = make_weights(tmp_path)
+    with pytest.raises(
+        LifespanFailed, match=rf"(?s)resource 'model' failed to start: ModelLoadError: .*{message}"
+    ):
+        async with LifespanDriver(host_with(TorchModel(IrisMLP, weights))):
+            pass
+
+
+def _save(directory: Path, module: nn.Module) -> Path:
+    path = directory / "other.safetensors"
+    save_file(dict(module.state_dict()), str(path))
+    return path
+
+
+def _touch(path: Path) -> Path:
+    path.write_bytes(b"not weights")
+    return path
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+async def test_explicit_cuda_without_a_gpu_fails_startup_clearly() -> None:
+    with pytest.raises(
+        LifespanFailed, match=r"device 'cuda:1' was asked for, but torch.cuda.is_available\(\)"
+    ):
+        async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, device="cuda:1"))):
+            pass
+
+
+def test_auto_device_is_cpu_without_cuda() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+async def test_dtype_casts_weights_and_is_on_the_handle() -> None:
+    async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, dtype=torch.float64))) as lifespan:
+        handle: ModelHandle = lifespan.state["model"]
+        assert handle.dtype == torch.float64
+        assert handle.module.layers[0].weight.dtype == torch.float64
+
+
+async def test_warmup_runs_and_a_failing_warmup_fails_startup() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def warm(module: nn.Module) -> None:
+        seen.append(tuple(module(torch.zeros(2, 4)).shape))
+
+    async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, warmup=warm))):
+        assert seen == [(2, 3)]
+    with pytest.raises(LifespanFailed, match="warmup failed: RuntimeError"):
+        async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, warmup=torch.zeros(1, 5)))):
+            pass
+
+
+async def test_slow_load_hits_the_startup_timeout_without_waiting_for_it() -> None:
+    release = threading.Event()
+
+    def slow_build() -> nn.Module:
+        release.wait(10)
+        return IrisMLP()
+
+    host = Host(resources=[TorchModel(slow_build, None)], startup_timeout_s=0.2)
+    try:
+        with (
+            anyio.fail_after(5),
+            pytest.raises(LifespanFailed, match=r"did not start within startup_timeout_s=0\.2"),
+        ):
+            async with LifespanDriver(host):
+                pass
+    finally:
+        release.set()
+
+
+async def test_shutdown_waits_for_the_forward_pass_in_flight_and_then_frees_the_model() -> None:
+    entered = threading.Event()
+    gate = threading.Event()
+    order: list[str] = []
+
+    def slow_forward(module: nn.Module) -> str:
+        entered.set()
+        gate.wait(10)
+        order.append("forward done")
+        return "ok"
+
+    async def slow(request: Request) -> Response:
+        handle: ModelHandle = request.state["model"]
+        return Response.json(await handle.run(slow_forward))
+
+    host = host_with(TorchModel(IrisMLP, WEIGHTS), Route("/slow", slow))
+    results: dict[str, Any] = {}
+    async with LifespanDriver(host) as lifespan:
+        handle: ModelHandle = lifespan.state["model"]
+        module_ref = weakref.ref(handle.module)
+
+        async def in_flight() -> None:
+            results["slow"] = await lifespan.request("GET", "/slow")
+
+        async def shut_down() -> None:
+            await lifespan.shutdown()
+            order.append("shutdown complete")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(in_flight)
+            await anyio.to_thread.run_sync(entered.wait, 10)
+            tg.start_soon(shut_down)
+            with anyio.fail_after(5):
+                while not handle.closing:  # noqa: ASYNC110 - host-internal state, bounded wait
+                    await anyio.sleep(0.01)
+            # Draining: the module is still there for the running pass; new work is refused.
+            assert module_ref() is not None
+            refused = await lifespan.request("GET", "/slow")
+            assert refused.status == 503
+            assert refused.header("retry-after") == "1"
+            assert order == []
+            gate.set()
+    assert results["slow"].status == 200
+    assert order == ["forward done", "shutdown complete"]
+    gc.collect()
+    assert module_ref() is None, "the model must not be referenced after shutdown"
+    with pytest.raises(HTTPError, match="released"):
+        _ = handle.module
+
+
+def test_release_cuda_memory_is_safe_without_cuda_and_idempotent() -> None:
+    release_cuda_memory()
+    release_cuda_memory()
+
+
+@pytest.mark.cuda
+async def test_cuda_memory_returns_to_baseline_after_shutdown() -> None:
+    release_cuda_memory()
+    baseline = torch.cuda.memory_allocated()
+    big = TorchModel(lambda: nn.Sequential(nn.Linear(4096, 4096), nn.Linear(4096, 4096)), None, device="cuda")
+    async with LifespanDriver(host_with(big), startup_timeout_s=60) as lifespan:
+        assert torch.cuda.memory_allocated() > baseline
+        handle: ModelHandle = lifespan.state["model"]
+        await handle.run(lambda module: module(torch.zeros(8, 4096, device="cuda")).sum().item())
+    assert torch.cuda.memory_allocated() == baseline
+    assert torch.cuda.memory_reserved() == 0
