@@ -20,6 +20,7 @@ from ._http import Request, Response
 from ._lifespan import LifespanPhase
 from ._resources import Resource
 from ._routing import Mount, Route
+from ._structured import StructEndpoint
 
 __all__ = [
     "AsgiHostError",
@@ -36,4 +37,5 @@ __all__ = [
     "Route",
     "ShutdownError",
     "StartupError",
+    "StructEndpoint",
 ]

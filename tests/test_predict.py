@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from asgi_host import Host, Request, Route
-from asgi_host._structured import StructEndpoint
+from asgi_host import Host, Request, Route, StructEndpoint
 from asgi_host.model import TorchModel, classifier_endpoint
 from asgi_host.testing import HTTPResult, LifespanDriver
 from examples.app import make_app

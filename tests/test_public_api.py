@@ -25,6 +25,7 @@ def test_public_names() -> None:
         "Route",
         "ShutdownError",
         "StartupError",
+        "StructEndpoint",
     ]
     assert asgi_host.__all__ == sorted(asgi_host.__all__)
     for name in asgi_host.__all__:

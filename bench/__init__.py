@@ -1,0 +1,1 @@
+"""Benchmarks, run by hand; numbers go to docs/benchmarks.md with the command that made them."""
