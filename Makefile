@@ -24,7 +24,9 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+PY_TREES := asgi_host tests examples bench
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check $(PY_TREES)
+	$(VENV)/bin/ruff format --check $(PY_TREES)
 	$(VENV)/bin/mypy --strict asgi_host
