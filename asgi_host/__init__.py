@@ -6,6 +6,7 @@ web framework. The PyTorch pieces live in `asgi_host.model` (extra `torch`);
 the protocol test kit in `asgi_host.testing`.
 """
 
+from ._batching import Batcher, Batching
 from ._errors import (
     AsgiHostError,
     ClientDisconnect,
@@ -24,6 +25,8 @@ from ._structured import StructEndpoint
 
 __all__ = [
     "AsgiHostError",
+    "Batcher",
+    "Batching",
     "ClientDisconnect",
     "HTTPError",
     "Host",

@@ -57,8 +57,13 @@ class Host:
     ) -> None:
         self.router = Router(routes)
         self.max_body_bytes = max_body_bytes
+        # Endpoints may carry resources (a batcher): they start after the
+        # host's own, so after the model they use, and stop before it.
+        carried = [
+            r for item in routes if isinstance(item, Route) for r in getattr(item.endpoint, "resources", ())
+        ]
         self._stack = ResourceStack(
-            [as_resource(r) for r in resources],
+            [*(as_resource(r) for r in resources), *carried],
             self,
             startup_timeout_s=startup_timeout_s,
             shutdown_timeout_s=shutdown_timeout_s,

@@ -148,6 +148,9 @@ class _Holder:
         self.exit_deadline = math.inf
 
     async def run(self) -> None:
+        # Enter and exit run under the same cancel scope, `self._scope`, with
+        # nothing else opened around either: a resource that opens a task
+        # group in `__aenter__` closes it in `__aexit__` under the same scope.
         try:
             with self._scope:
                 try:
@@ -171,20 +174,18 @@ class _Holder:
             self.done.set()
 
     async def _exit(self) -> None:
-        # Shielded: cleanup runs to completion (or to the shutdown deadline)
-        # even when the lifespan task is being cancelled.
-        # Not released by `stop()` (the lifespan task was cancelled): the
-        # shutdown timeout still bounds the cleanup.
-        deadline = self.exit_deadline
-        if not self._release.is_set():
-            deadline = _deadline(self._exit_timeout_s)
-        with anyio.CancelScope(shield=True, deadline=deadline) as scope:
-            try:
-                await self._cm.__aexit__(None, None, None)
-            except BaseException as exc:
-                if not scope.cancel_called:
-                    self.exit_error = exc
-        if scope.cancel_called:
+        # Cleanup runs to completion or to the shutdown deadline, shielded
+        # from whoever cancels the lifespan task. Not released by `stop()`
+        # (the lifespan task was cancelled): the shutdown timeout still applies.
+        deadline = self.exit_deadline if self._release.is_set() else _deadline(self._exit_timeout_s)
+        self._scope.shield = True
+        self._scope.deadline = min(self._scope.deadline, deadline)
+        try:
+            await self._cm.__aexit__(None, None, None)
+        except BaseException as exc:
+            if not self._scope.cancel_called:
+                self.exit_error = exc
+        if self._scope.cancel_called:
             self.exit_timed_out = True
 
     def release(self, deadline: float) -> None:

@@ -7,13 +7,14 @@ unknown content type 415, an oversized body 413, all as the host's error JSON.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from ._errors import HTTPError
 from ._http import Request, Response
+from ._resources import Resource
 
 __all__ = ["StructEndpoint"]
 
@@ -46,7 +47,9 @@ class StructEndpoint(Generic[T]):
     type is given) or MessagePack (`application/msgpack`,
     `application/x-msgpack`). The response is JSON unless `Accept` prefers
     MessagePack. Errors are always the error JSON. `max_body_bytes` overrides
-    the host's limit for this endpoint.
+    the host's limit for this endpoint. `resources` (a batcher, say) are
+    entered by the host after its own resources, so they start after the
+    model and stop before it.
     """
 
     def __init__(
@@ -55,8 +58,10 @@ class StructEndpoint(Generic[T]):
         request_type: type[T],
         *,
         max_body_bytes: int | None = None,
+        resources: Sequence[Resource] = (),
     ) -> None:
         self.handler = handler
+        self.resources = tuple(resources)
         self.request_type = request_type
         self.max_body_bytes = max_body_bytes
         self._json_decoder = msgspec.json.Decoder(request_type)

@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -23,6 +23,7 @@ import msgspec
 import torch
 from torch import nn
 
+from ._batching import Batcher, Batching
 from ._errors import AsgiHostError, HTTPError
 from ._http import Request
 from ._resources import Resource
@@ -325,12 +326,15 @@ def classifier_endpoint(
     model: str = "model",
     max_rows: int = 1024,
     max_body_bytes: int | None = None,
+    batching: Batching | None = None,
 ) -> StructEndpoint[Any]:
     """A `/predict` endpoint for a classifier that maps `n_features` floats to `len(labels)` logits.
 
     Request `{"inputs": [[f, ...], ...]}`, answer `{"outputs": [[p, ...], ...], "labels": [...]}`.
     Empty batches, rows of the wrong width and non-finite numbers are 422;
     more than `max_rows` rows is 413. `model` is the state key of the handle.
+    With `batching`, concurrent requests share forward passes (see `Batching`);
+    the endpoint's batcher is in `endpoint.resources` and the host starts it.
     """
     assert n_features >= 1, "a classifier needs at least one feature"
     assert labels, "a classifier needs labels"
@@ -350,19 +354,29 @@ def classifier_endpoint(
         if probabilities.shape != (len(inputs), len(label_list)):
             expected = (len(inputs), len(label_list))
             raise RuntimeError(f"model returned shape {tuple(probabilities.shape)}, expected {expected}")
-        return probabilities.cpu()
+        return probabilities.cpu().tolist()
+
+    async def run_rows(state: Mapping[str, Any], inputs: list[list[float]]) -> list[list[float]]:
+        handle: ModelHandle = state[model]
+        outputs: list[list[float]] = await handle.run(forward, inputs, handle.device, handle.dtype)
+        return outputs
+
+    batcher = Batcher(run_rows, batching, name=f"{model} batcher") if batching is not None else None
 
     async def predict(body: Any, request: Request) -> ClassifierOutput:
         inputs: list[list[float]] = body.inputs
         if len(inputs) > max_rows:
             raise HTTPError(413, f"{len(inputs)} rows is more than max_rows={max_rows}; split the batch")
         _check_finite(inputs)
-        handle: ModelHandle = request.state[model]
-        probabilities = await handle.run(forward, inputs, handle.device, handle.dtype)
-        best = probabilities.argmax(dim=-1).tolist()
-        return ClassifierOutput(outputs=probabilities.tolist(), labels=[label_list[i] for i in best])
+        if batcher is not None:
+            outputs = await batcher.submit(inputs, request)
+        else:
+            outputs = await run_rows(request.state, inputs)
+        best = [label_list[max(range(len(row)), key=row.__getitem__)] for row in outputs]
+        return ClassifierOutput(outputs=outputs, labels=best)
 
-    return StructEndpoint(predict, request_type, max_body_bytes=max_body_bytes)
+    resources = (batcher,) if batcher is not None else ()
+    return StructEndpoint(predict, request_type, max_body_bytes=max_body_bytes, resources=resources)
 
 
 def _check_finite(rows: list[list[float]]) -> None:

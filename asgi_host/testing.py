@@ -188,6 +188,7 @@ async def request(
     query_string: bytes = b"",
     root_path: str = "",
     disconnect: bool = False,
+    then_disconnect: bool = False,
     state: State | None = None,
     timeout_s: float = 5.0,
 ) -> HTTPResult:
@@ -195,7 +196,9 @@ async def request(
 
     The body goes as one `http.request` message, or as `chunks` (one message
     each). `json=` encodes a body and sets `content-type`. `disconnect=True`
-    sends `http.disconnect` instead of finishing the body. `state` is copied
+    sends `http.disconnect` instead of finishing the body; `then_disconnect=True`
+    finishes the body and then disconnects at once (a client that gives up
+    while its request is queued). `state` is copied
     into the scope as servers do with lifespan state.
     """
     header_list = list(headers)
@@ -210,7 +213,7 @@ async def request(
         {"type": "http.request", "body": part, "more_body": disconnect or i < len(parts) - 1}
         for i, part in enumerate(parts)
     ]
-    if disconnect:
+    if disconnect or then_disconnect:
         messages.append({"type": "http.disconnect"})
     scope = http_scope(
         method,

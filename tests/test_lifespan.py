@@ -333,3 +333,30 @@ async def test_driver_reports_a_hang_with_a_timeout() -> None:
     with pytest.raises(AppTimeout, match=r"did not answer lifespan.startup within 0.1 s"):
         async with LifespanDriver(hangs, startup_timeout_s=0.1):
             pass
+
+
+@pytest.mark.parametrize("hang_on_exit", [False, True])
+async def test_a_resource_may_hold_a_task_group_open_across_its_yield(hang_on_exit: bool) -> None:
+    # A batcher does this: its loop runs in a task group opened in __aenter__.
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def background() -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep_forever)
+            events.append("running")
+            yield
+            if hang_on_exit:
+                await anyio.sleep_forever()
+            tg.cancel_scope.cancel()
+        events.append("stopped")
+
+    host = Host(resources=[Resource(background, name="bg")], shutdown_timeout_s=0.2)
+    transcript = await call(host, lifespan_scope(), [STARTUP, SHUTDOWN])
+    if hang_on_exit:
+        assert sent(transcript)[-1]["type"] == "lifespan.shutdown.failed"
+        assert "'bg' did not shut down within shutdown_timeout_s=0.2" in sent(transcript)[-1]["message"]
+        assert events == ["running"]
+    else:
+        assert sent(transcript)[-1] == {"type": "lifespan.shutdown.complete"}
+        assert events == ["running", "stopped"]

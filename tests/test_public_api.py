@@ -12,6 +12,8 @@ import asgi_host.testing
 def test_public_names() -> None:
     assert asgi_host.__all__ == [
         "AsgiHostError",
+        "Batcher",
+        "Batching",
         "ClientDisconnect",
         "HTTPError",
         "Host",

@@ -1,0 +1,255 @@
+"""Micro-batching: concurrent requests coalesced into one forward pass.
+
+Each request submits a list of rows; the batcher concatenates the rows of
+queued requests (up to `max_batch_rows`, waiting at most `max_wait_s` after the
+first), calls the batch function once, and hands each request its own slice
+of the outputs, in order. The queue is bounded in rows; when it is full the
+request is refused with 503 and a `Retry-After` estimated from the queue and
+recent batch times. The batch loop is a resource: it starts after the model,
+and at shutdown it stops taking work, finishes what was admitted (within
+`drain_timeout_s`) and only then lets the model go.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Generic, TypeVar
+
+import anyio
+import msgspec
+
+from ._config import check_constraints
+from ._errors import ClientDisconnect, HTTPError
+from ._http import Request
+from ._resources import Resource
+
+__all__ = ["Batcher", "Batching"]
+
+logger = logging.getLogger("asgi_host.batching")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batching(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Micro-batching settings (units in the names; checked on construction)."""
+
+    max_batch_rows: Annotated[int, msgspec.Meta(ge=1)] = 64
+    """Rows in one forward pass at most. A single request with more rows runs alone."""
+    max_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.002
+    """How long the first queued request waits for company; 0 batches only what is already queued."""
+    max_queue_rows: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    """Rows waiting at most; beyond, 503 with Retry-After."""
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 30.0
+    """Per-request limit from queueing to answer; past it, 504."""
+    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    """At shutdown, how long admitted requests may take to finish before they get 503."""
+
+    def __post_init__(self) -> None:
+        check_constraints(self)
+
+
+_BATCH_FAILED = "internal server error; the batch's forward pass failed, the traceback is in the server log"
+
+BatchFn = Callable[[Mapping[str, Any], list[T]], Awaitable[Sequence[R]]]
+
+
+class _Entry(Generic[T, R]):
+    __slots__ = ("cancelled", "done", "error", "result", "rows")
+
+    def __init__(self, rows: list[T]) -> None:
+        self.rows = rows
+        self.done = anyio.Event()
+        self.result: list[R] | None = None
+        self.error: HTTPError | None = None
+        self.cancelled = False
+
+
+class Batcher(Resource, Generic[T, R]):
+    """Coalesces concurrent `submit(rows)` calls into calls of `batch_fn(state, all_rows)`.
+
+    `batch_fn` gets the host's state (to find the model) and must return one
+    output per input row, in order. Add the batcher to the host's resources
+    after the model it uses; an endpoint built with `batching=` carries its
+    batcher in `endpoint.resources` and the host adds it after your resources.
+    """
+
+    def __init__(
+        self,
+        batch_fn: BatchFn[T, R],
+        settings: Batching | None = None,
+        *,
+        name: str = "batcher",
+    ) -> None:
+        self.batch_fn = batch_fn
+        self.settings = settings or Batching()
+        self._queue: deque[_Entry[T, R]] = deque()
+        self._queued_rows = 0
+        self._wakeup = anyio.Event()
+        self._running = False
+        self._closing = False
+        self._busy = False
+        self._batch_seconds = 0.0  # moving average, for Retry-After
+        self._state: Mapping[str, Any] = {}
+        self.batches = 0
+        self.batched_rows = 0
+        super().__init__(self._lifespan, name=name)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def closing(self) -> bool:
+        """True from shutdown on: new work is refused, admitted work finishes."""
+        return self._closing
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue as it is now would have drained, from recent batch times."""
+        batches_ahead = math.ceil(self._queued_rows / self.settings.max_batch_rows) + 1
+        return max(1, math.ceil(batches_ahead * max(self._batch_seconds, self.settings.max_wait_s)))
+
+    async def submit(self, rows: list[T], request: Request | None = None) -> list[R]:
+        """Queue `rows` and wait for their outputs.
+
+        With `request`, a client that disconnects while queued is dropped from
+        its batch (`ClientDisconnect`, nothing is answered).
+        """
+        if not self._running or self._closing:
+            raise HTTPError(
+                503,
+                "the model is not accepting work (starting or shutting down)",
+                headers=[("retry-after", "1")],
+            )
+        settings = self.settings
+        if self._queued_rows and self._queued_rows + len(rows) > settings.max_queue_rows:
+            raise HTTPError(
+                503,
+                f"the batch queue is full ({self._queued_rows} rows waiting, max_queue_rows="
+                f"{settings.max_queue_rows}); retry later",
+                headers=[("retry-after", str(self.retry_after_s()))],
+            )
+        entry: _Entry[T, R] = _Entry(rows)
+        self._queue.append(entry)
+        self._queued_rows += len(rows)
+        self._wakeup.set()
+        disconnected = False
+        try:
+            with anyio.move_on_after(math.inf if settings.timeout_s is None else settings.timeout_s):
+                async with anyio.create_task_group() as tg:
+                    if request is not None:
+
+                        async def watch() -> None:
+                            nonlocal disconnected
+                            while (await request.receive()).get("type") != "http.disconnect":
+                                pass
+                            disconnected = True
+                            tg.cancel_scope.cancel()
+
+                        tg.start_soon(watch)
+                    await entry.done.wait()
+                    tg.cancel_scope.cancel()
+        finally:
+            if not entry.done.is_set():
+                entry.cancelled = True  # the loop skips it; a running batch's result is discarded
+        if disconnected and not entry.done.is_set():
+            raise ClientDisconnect("the client disconnected while its request was queued")
+        if not entry.done.is_set():
+            raise HTTPError(504, f"no answer within timeout_s={settings.timeout_s}; the model is overloaded")
+        if entry.error is not None:
+            raise entry.error
+        assert entry.result is not None
+        return entry.result
+
+    @asynccontextmanager
+    async def _lifespan(self, host: Any) -> AsyncIterator[None]:
+        self._state = host.state  # holds what the resources entered before this one yielded
+        self._closing = False
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._loop)
+            self._running = True
+            try:
+                yield
+            finally:
+                self._closing = True
+                await self._drain()
+                self._running = False
+                tg.cancel_scope.cancel()
+        self._fail_queued(HTTPError(503, "the server is shutting down", headers=[("retry-after", "1")]))
+
+    async def _drain(self) -> None:
+        with anyio.move_on_after(self.settings.drain_timeout_s):
+            while self._queue or self._busy:  # noqa: ASYNC110 - the loop sets no event per batch
+                await anyio.sleep(0.005)
+        if self._queue:
+            logger.warning(
+                "%d queued requests did not finish within drain_timeout_s=%s",
+                len(self._queue),
+                self.settings.drain_timeout_s,
+            )
+
+    def _fail_queued(self, error: HTTPError) -> None:
+        while self._queue:
+            entry = self._queue.popleft()
+            self._queued_rows -= len(entry.rows)
+            entry.error = error
+            entry.done.set()
+
+    async def _loop(self) -> None:
+        settings = self.settings
+        while True:
+            while not self._queue:
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+            batch = [self._queue.popleft()]
+            rows = len(batch[0].rows)
+            deadline = anyio.current_time() + settings.max_wait_s
+            while rows < settings.max_batch_rows:
+                if not self._queue:
+                    if anyio.current_time() >= deadline:
+                        break
+                    self._wakeup = anyio.Event()
+                    with anyio.move_on_after(deadline - anyio.current_time()):
+                        await self._wakeup.wait()
+                    continue
+                if rows + len(self._queue[0].rows) > settings.max_batch_rows:
+                    break
+                entry = self._queue.popleft()
+                batch.append(entry)
+                rows += len(entry.rows)
+            self._queued_rows -= rows
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Entry[T, R]]) -> None:
+        live = [entry for entry in batch if not entry.cancelled]
+        if not live:
+            return
+        all_rows = [row for entry in live for row in entry.rows]
+        self._busy = True
+        started = anyio.current_time()
+        try:
+            outputs = await self.batch_fn(self._state, all_rows)
+            if len(outputs) != len(all_rows):
+                raise RuntimeError(f"batch function returned {len(outputs)} outputs for {len(all_rows)} rows")
+        except Exception as exc:
+            logger.exception("batch of %d rows from %d requests failed", len(all_rows), len(live))
+            for entry in live:
+                # A fresh error each: one exception raised in many tasks would pile up tracebacks.
+                entry.error = exc if isinstance(exc, HTTPError) else HTTPError(500, _BATCH_FAILED)
+                entry.done.set()
+            return
+        finally:
+            self._busy = False
+            elapsed = anyio.current_time() - started
+            self._batch_seconds = elapsed if not self.batches else 0.8 * self._batch_seconds + 0.2 * elapsed
+            self.batches += 1
+            self.batched_rows += len(all_rows)
+        start = 0
+        for entry in live:
+            entry.result = list(outputs[start : start + len(entry.rows)])
+            start += len(entry.rows)
+            entry.done.set()

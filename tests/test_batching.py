@@ -1,0 +1,240 @@
+"""Micro-batching at the protocol level: coalescing, backpressure, timeouts, failures, drain."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from asgi_host import Batcher, Batching, Host, Request, Response, Route
+from asgi_host.model import TorchModel, classifier_endpoint
+from asgi_host.testing import HTTPResult, LifespanDriver
+from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP, load_dataset
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """A batch function that doubles numbers, records each batch, and can be held shut."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = anyio.Event()
+        self.gate.set()
+        self.entered = anyio.Event()
+        self.fail_on = fail_on
+
+    async def __call__(self, state: Mapping[str, Any], rows: list[int]) -> Sequence[int]:
+        self.batches.append(list(rows))
+        self.entered.set()
+        await self.gate.wait()
+        if self.fail_on is not None and self.fail_on in rows:
+            raise RuntimeError("kernel exploded")
+        return [2 * r for r in rows]
+
+
+def doubling_host(recorder: Recorder, settings: Batching) -> tuple[Host, Batcher[int, int]]:
+    batcher: Batcher[int, int] = Batcher(recorder, settings)
+
+    async def double(request: Request) -> Response:
+        rows = msgspec.json.decode(await request.body(), type=list[int])
+        return Response.json(await batcher.submit(rows, request))
+
+    return Host(resources=[batcher], routes=[Route("/double", double, methods=["POST"])]), batcher
+
+
+async def post_all(lifespan: LifespanDriver, bodies: list[list[int]], **kwargs: Any) -> list[HTTPResult]:
+    results: list[HTTPResult | None] = [None] * len(bodies)
+
+    async def one(i: int) -> None:
+        results[i] = await lifespan.request("POST", "/double", json=bodies[i], **kwargs)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(bodies)):
+            tg.start_soon(one, i)
+    return [r for r in results if r is not None]
+
+
+async def test_concurrent_requests_share_forward_passes_and_get_their_own_rows() -> None:
+    recorder = Recorder()
+    host, batcher = doubling_host(recorder, Batching(max_batch_rows=64, max_wait_s=0.05))
+    bodies = [[i, 100 + i] for i in range(16)]
+    async with LifespanDriver(host) as lifespan:
+        results = await post_all(lifespan, bodies)
+    assert [r.json() for r in results] == [[2 * a, 2 * b] for a, b in bodies]
+    assert len(recorder.batches) < len(bodies)
+    assert sorted(row for batch in recorder.batches for row in batch) == sorted(r for b in bodies for r in b)
+    assert batcher.batches == len(recorder.batches)
+
+
+async def test_max_batch_rows_splits_batches_and_an_oversized_request_runs_alone() -> None:
+    recorder = Recorder()
+    recorder.gate = anyio.Event()
+    host, _ = doubling_host(recorder, Batching(max_batch_rows=4, max_wait_s=0.0))
+    async with LifespanDriver(host) as lifespan:
+        results: list[HTTPResult] = []
+
+        async def blocked_first() -> None:
+            results.append(await lifespan.request("POST", "/double", json=[0]))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(blocked_first)
+            await recorder.entered.wait()  # the first batch holds the model; the rest queue up
+            queued = 0
+            for body in ([1, 2], [3, 4], [5, 6, 7, 8, 9, 10]):
+                # One at a time, so the queue order is fixed (trio randomises task order).
+                tg.start_soon(_post_into, lifespan, body, results)
+                queued += len(body)
+                await wait_queued(host, queued)
+            recorder.gate.set()
+    assert recorder.batches[0] == [0]
+    assert [1, 2, 3, 4] in recorder.batches  # two requests, four rows: one batch
+    assert [5, 6, 7, 8, 9, 10] in recorder.batches  # six rows > max_batch_rows: alone
+    assert sorted(tuple(r.json()) for r in results) == sorted(
+        [(0,), (2, 4), (6, 8), (10, 12, 14, 16, 18, 20)]
+    )
+
+
+def batcher_queue_rows(host: Host) -> int:
+    batcher = next(r for r in host.resources if isinstance(r, Batcher))
+    return batcher.queued_rows
+
+
+async def wait_queued(host: Host, rows: int) -> None:
+    with anyio.fail_after(5):
+        while batcher_queue_rows(host) < rows:  # noqa: ASYNC110 - host-internal state, bounded wait
+            await anyio.sleep(0.005)
+
+
+async def _post_into(lifespan: LifespanDriver, body: list[int], results: list[HTTPResult]) -> None:
+    results.append(await lifespan.request("POST", "/double", json=body))
+
+
+async def test_full_queue_is_503_with_a_computed_retry_after() -> None:
+    recorder = Recorder()
+    recorder.gate = anyio.Event()
+    host, batcher = doubling_host(recorder, Batching(max_batch_rows=2, max_wait_s=0.0, max_queue_rows=4))
+    async with LifespanDriver(host) as lifespan:
+        results: list[HTTPResult] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_post_into, lifespan, [1], results)
+            await recorder.entered.wait()
+            tg.start_soon(_post_into, lifespan, [2, 3], results)
+            tg.start_soon(_post_into, lifespan, [4, 5], results)
+            with anyio.fail_after(5):
+                while batcher.queued_rows < 4:  # noqa: ASYNC110 - waits for the queue to fill
+                    await anyio.sleep(0.005)
+            refused = await lifespan.request("POST", "/double", json=[6])
+            recorder.gate.set()
+    assert refused.status == 503
+    assert "max_queue_rows=4" in refused.json()["error"]["message"]
+    retry_after = refused.header("retry-after")
+    assert retry_after is not None
+    assert int(retry_after) >= 1
+    assert sorted(r.status for r in results) == [200, 200, 200]
+
+
+async def test_client_that_disconnects_while_queued_is_dropped_from_the_batch() -> None:
+    recorder = Recorder()
+    recorder.gate = anyio.Event()
+    host, _ = doubling_host(recorder, Batching(max_batch_rows=8, max_wait_s=0.0))
+    async with LifespanDriver(host) as lifespan:
+        results: list[HTTPResult] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_post_into, lifespan, [1], results)
+            await recorder.entered.wait()
+            gone = await lifespan.request("POST", "/double", json=[99], then_disconnect=True)
+            tg.start_soon(_post_into, lifespan, [2], results)
+            await wait_queued(host, 2)
+            recorder.gate.set()
+    assert gone.status is None  # nobody to answer
+    assert recorder.batches == [[1], [2]]  # 99 never reached the model
+    assert sorted(r.json() for r in results) == [[2], [4]]
+
+
+async def test_request_timeout_is_504() -> None:
+    recorder = Recorder()
+    recorder.gate = anyio.Event()
+    host, _ = doubling_host(recorder, Batching(max_wait_s=0.0, timeout_s=0.1))
+    async with LifespanDriver(host) as lifespan:
+        result = await lifespan.request("POST", "/double", json=[1])
+        recorder.gate.set()
+    assert result.status == 504
+    assert result.json()["error"]["message"].startswith("no answer within timeout_s=0.1")
+
+
+async def test_a_failing_batch_fails_only_its_requests_and_the_batcher_goes_on() -> None:
+    recorder = Recorder(fail_on=13)
+    host, _ = doubling_host(recorder, Batching(max_wait_s=0.0))
+    async with LifespanDriver(host) as lifespan:
+        failed = await lifespan.request("POST", "/double", json=[13])
+        ok = await lifespan.request("POST", "/double", json=[1])
+    assert failed.status == 500
+    assert b"kernel exploded" not in failed.body
+    assert (ok.status, ok.json()) == (200, [2])
+
+
+async def test_shutdown_finishes_admitted_work_then_refuses_and_leaves_no_task() -> None:
+    recorder = Recorder()
+    recorder.gate = anyio.Event()
+    host, batcher = doubling_host(recorder, Batching(max_batch_rows=1, max_wait_s=0.0, drain_timeout_s=5))
+    async with LifespanDriver(host) as lifespan:
+        results: list[HTTPResult] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_post_into, lifespan, [1], results)
+            await recorder.entered.wait()
+            tg.start_soon(_post_into, lifespan, [2], results)
+            with anyio.fail_after(5):
+                while batcher.queued_rows < 1:  # noqa: ASYNC110 - waits for the queue to fill
+                    await anyio.sleep(0.005)
+            tg.start_soon(lifespan.shutdown)
+            with anyio.fail_after(5):
+                while not batcher.closing:  # noqa: ASYNC110 - waits for shutdown to begin
+                    await anyio.sleep(0.005)
+            late = await lifespan.request("POST", "/double", json=[3])
+            recorder.gate.set()
+    assert late.status == 503
+    assert sorted(r.json() for r in results) == [[2], [4]]
+    assert recorder.batches == [[1], [2]]
+
+
+def test_batching_settings_are_checked() -> None:
+    with pytest.raises(msgspec.ValidationError, match="Expected `int` >= 1"):
+        Batching(max_batch_rows=0)
+    with pytest.raises(TypeError, match="Unexpected keyword argument 'max_wait'"):
+        Batching(max_wait=1)  # type: ignore[call-arg]
+
+
+async def test_iris_batched_matches_unbatched_with_fewer_forward_passes() -> None:
+    inputs, _ = load_dataset()
+
+    def host(batching: Batching | None) -> Host:
+        endpoint = classifier_endpoint(labels=LABELS, n_features=len(FEATURES), batching=batching)
+        return Host(
+            resources=[TorchModel(IrisMLP, WEIGHTS)], routes=[Route("/predict", endpoint, methods=["POST"])]
+        )
+
+    outputs: dict[str, list[Any]] = {}
+    passes: dict[str, int] = {}
+    for mode, batching in (("off", None), ("on", Batching(max_batch_rows=64, max_wait_s=0.05))):
+        async with LifespanDriver(host(batching)) as lifespan:
+            answers: list[Any] = [None] * 32
+
+            async def one(i: int, lifespan: LifespanDriver = lifespan, answers: list[Any] = answers) -> None:
+                result = await lifespan.request("POST", "/predict", json={"inputs": [inputs[i * 4]]})
+                answers[i] = result.json()
+
+            async with anyio.create_task_group() as tg:
+                for i in range(32):
+                    tg.start_soon(one, i)
+            outputs[mode] = answers
+            passes[mode] = lifespan.state["model"].forward_passes
+    assert passes["off"] == 32
+    assert passes["on"] < 32
+    for off, on in zip(outputs["off"], outputs["on"], strict=True):
+        assert on["labels"] == off["labels"]
+        assert len(on["outputs"]) == 1
+        assert on["outputs"][0] == pytest.approx(off["outputs"][0], abs=1e-6)
