@@ -90,6 +90,7 @@ class Batcher(Resource, Generic[T, R]):
         self._queue: deque[_Entry[T, R]] = deque()
         self._queued_rows = 0
         self._wakeup = anyio.Event()
+        self._batch_done = anyio.Event()  # set after every batch, for the drain
         self._running = False
         self._closing = False
         self._busy = False
@@ -183,8 +184,9 @@ class Batcher(Resource, Generic[T, R]):
 
     async def _drain(self) -> None:
         with anyio.move_on_after(self.settings.drain_timeout_s):
-            while self._queue or self._busy:  # noqa: ASYNC110 - the loop sets no event per batch
-                await anyio.sleep(0.005)
+            while self._queue or self._busy:
+                self._batch_done = anyio.Event()
+                await self._batch_done.wait()
         if self._queue:
             logger.warning(
                 "%d queued requests did not finish within drain_timeout_s=%s",
@@ -223,6 +225,7 @@ class Batcher(Resource, Generic[T, R]):
                 rows += len(entry.rows)
             self._queued_rows -= rows
             await self._run(batch)
+            self._batch_done.set()
 
     async def _run(self, batch: list[_Entry[T, R]]) -> None:
         live = [entry for entry in batch if not entry.cancelled]

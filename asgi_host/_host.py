@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from ._errors import ClientDisconnect, HTTPError
-from ._http import Request, error_response
+import anyio
+
+from ._errors import ClientDisconnect, HTTPError, StartupError
+from ._health import Readiness, readiness, refusal
+from ._http import Request, Response, error_response
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
-from ._resources import Resource, ResourceStack, as_resource
+from ._resources import Progress, Resource, ResourceStack, as_resource
 from ._routing import Endpoint, Mount, Route, Router, route_path
 from ._types import ASGIApp, Receive, Scope, Send, State, send_message
 
@@ -53,10 +57,18 @@ class Host:
         routes: Sequence[Route | Mount] = (),
         startup_timeout_s: float | None = 60.0,
         shutdown_timeout_s: float | None = 30.0,
+        drain_timeout_s: float | None = 30.0,
         max_body_bytes: int | None = 1024 * 1024,
+        livez_path: str | None = "/livez",
+        readyz_path: str | None = "/readyz",
+        background_startup: bool = False,
+        on_background_failure: Callable[[StartupError], object] | None = None,
     ) -> None:
         self.router = Router(routes)
         self.max_body_bytes = max_body_bytes
+        self.drain_timeout_s = drain_timeout_s
+        self.background_startup = background_startup
+        self.on_background_failure = on_background_failure
         # Endpoints may carry resources (a batcher): they start after the
         # host's own, so after the model they use, and stop before it.
         carried = [
@@ -74,6 +86,60 @@ class Host:
         # True while the state handlers need is in every request scope because
         # the server copies the lifespan scope's `state` into it.
         self._server_copies_state = False
+        self._in_flight = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._health_paths: set[str] = set()
+        if livez_path is not None:
+            self._add_health(livez_path, self._livez)
+        if readyz_path is not None:
+            self._add_health(readyz_path, self._readyz)
+
+    def _add_health(self, path: str, endpoint: Endpoint) -> None:
+        self.router.add(Route(path, endpoint))
+        self._health_paths.add(path)
+        self._check_health_paths()
+
+    def _check_health_paths(self) -> None:
+        for path in self._health_paths:
+            mount = self.router.mount_for(path)
+            assert mount is None, (
+                f"health path {path!r} is under mount {mount.prefix!r}: pass another livez_path/readyz_path"
+            )
+
+    @property
+    def progress(self) -> Progress:
+        """Startup progress; resources may `report()` their stage and fraction to it."""
+        return self._stack.progress
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served by routes and mounts (health checks not counted)."""
+        return self._in_flight
+
+    def readiness(self) -> Readiness:
+        """What `/readyz` reports: `ready`, or why not."""
+        return readiness(self._lifespan, self._stack.progress, self._in_flight)
+
+    async def _livez(self, request: Request) -> Response:
+        return Response.json({"status": "alive"})
+
+    async def _readyz(self, request: Request) -> Response:
+        state = self.readiness()
+        return Response.json(state, status=200 if state.status == "ready" else 503)
+
+    async def _drain(self) -> None:
+        """From lifespan.shutdown on: refuse new work, wait for the admitted (bounded)."""
+        if self._in_flight:
+            logger.info("draining %d requests in flight", self._in_flight)
+            with anyio.move_on_after(math.inf if self.drain_timeout_s is None else self.drain_timeout_s):
+                await self._idle.wait()
+            if self._in_flight:
+                logger.warning(
+                    "%d requests still running after drain_timeout_s=%s; releasing resources anyway",
+                    self._in_flight,
+                    self.drain_timeout_s,
+                )
 
     @property
     def phase(self) -> LifespanPhase:
@@ -99,6 +165,7 @@ class Host:
 
     def mount(self, prefix: str, app: ASGIApp) -> None:
         self.router.add(Mount(prefix, app))
+        self._check_health_paths()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -108,7 +175,16 @@ class Host:
             state = scope.get("state")
             self._server_copies_state = isinstance(state, dict)
             try:
-                await run_lifespan(self._stack, self._lifespan, scope, receive, send)
+                await run_lifespan(
+                    self._stack,
+                    self._lifespan,
+                    scope,
+                    receive,
+                    send,
+                    background=self.background_startup,
+                    drain=self._drain,
+                    on_background_failure=self.on_background_failure,
+                )
             finally:
                 self._server_copies_state = False
         elif kind == "websocket":
@@ -130,16 +206,47 @@ class Host:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
-        state = self._request_state(scope)
+        if path in self._health_paths:
+            await self._respond(scope, receive, send, path, self.router.paths[path])
+            return
+        self._in_flight += 1
+        if self._in_flight == 1:
+            self._idle = anyio.Event()
+        try:
+            await self._serve(scope, receive, send, path)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        refused = refusal(self.readiness()) if self._lifespan.phase is not LifespanPhase.IDLE else None
+        if refused is not None:
+            await self._respond(scope, receive, send, path, None, refused)
+            return
         table = self.router.paths.get(path)
         if table is None:
             mount = self.router.mount_for(path)
             if mount is not None:
+                self._request_state(scope)
                 await mount.app(mount.child_scope(scope, path), receive, send)
                 return
+        await self._respond(scope, receive, send, path, table)
+
+    async def _respond(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        table: dict[str, Endpoint] | None,
+        error: HTTPError | None = None,
+    ) -> None:
         method: str = scope["method"]
         head = method == "HEAD"
         try:
+            if error is not None:
+                raise error
             if table is None:
                 raise HTTPError(404, f"no route for {path!r}")
             endpoint = table.get(method) or (table.get("GET") if head else None)
@@ -150,7 +257,7 @@ class Host:
                     f"method {method} is not allowed for {path!r}; allowed: {', '.join(allowed)}",
                     headers=[("allow", ", ".join(allowed))],
                 )
-            request = Request(scope, receive, state, max_body_bytes=self.max_body_bytes)
+            request = Request(scope, receive, self._request_state(scope), max_body_bytes=self.max_body_bytes)
             response = await endpoint(request)
         except HTTPError as exc:
             response = error_response(exc)

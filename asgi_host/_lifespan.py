@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 
 import anyio
 
@@ -37,10 +37,12 @@ class LifespanPhase(enum.Enum):
 
 
 class LifespanTracker:
-    """The phase, plus the checks that stop a host from being started twice at once."""
+    """The phase, a background load's progress, and the checks between them."""
 
     def __init__(self) -> None:
         self.phase = LifespanPhase.IDLE
+        self.loading = False  # a background load is running
+        self.load_error: str | None = None  # why the background load failed
 
     def move(self, expected: tuple[LifespanPhase, ...], new: LifespanPhase, message_type: object) -> None:
         if self.phase not in expected:
@@ -51,23 +53,41 @@ class LifespanTracker:
 _STARTABLE = (LifespanPhase.IDLE, LifespanPhase.STOPPED, LifespanPhase.FAILED)
 
 
+async def _no_drain() -> None:
+    return None
+
+
 async def run_lifespan(
     stack: ResourceStack,
     tracker: LifespanTracker,
     scope: Scope,
     receive: Receive,
     send: Send,
+    *,
+    background: bool = False,
+    drain: Callable[[], Awaitable[None]] = _no_drain,
+    on_background_failure: Callable[[StartupError], object] | None = None,
 ) -> None:
-    """Serve one lifespan scope: startup, wait, shutdown.
+    """Serve one lifespan scope: startup, wait, drain, shutdown.
 
     Returns after `lifespan.shutdown.complete` or `.failed`; raises after
-    `lifespan.startup.failed` and on protocol errors.
+    `lifespan.startup.failed` and on protocol errors. With `background`,
+    startup is answered at once and the resources are entered by a task the
+    lifespan owns; a failure there is kept in `tracker.load_error`.
     """
     startup_error: StartupError | LifespanProtocolError | None = None
     shutdown_error: ShutdownError | None = None
     protocol_error: LifespanProtocolError | None = None
+    server_state = scope.get("state")
+
+    def publish_state() -> None:
+        if isinstance(server_state, MutableMapping):
+            # Servers copy this dict into every request scope.
+            server_state.update(stack.state)
 
     async with anyio.create_task_group() as task_group:
+        loader = anyio.CancelScope()
+        loaded = anyio.Event()
         try:
             message = await receive()
             try:
@@ -77,19 +97,40 @@ async def run_lifespan(
             except LifespanProtocolError as exc:
                 startup_error = exc
             else:
-                startup_error = await _startup(stack, task_group)
+                if background:
+                    tracker.loading, tracker.load_error = True, None
+
+                    async def load() -> None:
+                        try:
+                            with loader:
+                                error = await _startup(stack, task_group)
+                                if error is None:
+                                    publish_state()
+                                else:
+                                    tracker.load_error = str(error)
+                                    logger.error("background startup failed: %s", error)
+                                    if on_background_failure is not None:
+                                        on_background_failure(error)
+                        finally:
+                            tracker.loading = False
+                            loaded.set()
+
+                    task_group.start_soon(load, name="asgi_host background startup")
+                else:
+                    startup_error = await _startup(stack, task_group)
+                    loaded.set()
 
             if startup_error is None:
                 tracker.phase = LifespanPhase.STARTED
-                server_state = scope.get("state")
-                if isinstance(server_state, MutableMapping):
-                    # Servers copy this dict into every request scope.
-                    server_state.update(stack.state)
+                publish_state()
                 await send_message(send, {"type": "lifespan.startup.complete"})
                 message = await receive()
                 if message.get("type") != "lifespan.shutdown":
                     protocol_error = LifespanProtocolError(tracker.phase.value, message.get("type"))
                 tracker.phase = LifespanPhase.STOPPING
+                loader.cancel()  # a background load still running is cut short
+                await loaded.wait()
+                await drain()
                 try:
                     await stack.stop()
                 except ShutdownError as exc:
@@ -97,6 +138,7 @@ async def run_lifespan(
             elif tracker.phase is LifespanPhase.STARTING:
                 tracker.phase = LifespanPhase.FAILED
         finally:
+            loader.cancel()
             if stack.running:
                 # Cancelled, or `receive()`/`send()` raised: still release
                 # everything, in reverse order (stop() shields itself).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, NoReturn
@@ -24,7 +25,7 @@ from anyio.abc import TaskGroup
 from ._errors import ShutdownError, StartupError
 from ._types import State
 
-__all__ = ["Resource", "ResourceStack"]
+__all__ = ["Progress", "Resource", "ResourceStack"]
 
 # How long to wait for a resource task to finish after cancelling it. A task
 # stuck in a thread cannot be interrupted; after this the host reports it and
@@ -196,6 +197,51 @@ class _Holder:
         self._scope.cancel()
 
 
+class Progress:
+    """How far startup has got: which resource, its own stage and fraction, and the time taken.
+
+    The host fills in the resource; a resource may add detail from any thread
+    with `report()` (`TorchModel` reports "reading weights", "warmup", ...).
+    `/readyz` shows it while loading.
+    """
+
+    def __init__(self) -> None:
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.resource: str | None = None
+        self.stage: str | None = None
+        self.fraction: float | None = None
+        self._index = 0
+        self._count = 0
+
+    def begin(self, count: int) -> None:
+        self.started_at, self.finished_at = time.monotonic(), None
+        self._count, self._index = count, 0
+        self.resource = self.stage = None
+        self.fraction = 0.0 if count else 1.0
+
+    def enter(self, resource: str, index: int) -> None:
+        self.resource, self.stage, self._index = resource, None, index
+        self.fraction = index / self._count
+
+    def report(self, stage: str | None = None, fraction: float | None = None) -> None:
+        """Called by a resource while it starts: its stage, and how much of *its own* work is done (0-1)."""
+        self.stage = stage
+        if fraction is not None and self._count:
+            self.fraction = (self._index + min(max(fraction, 0.0), 1.0)) / self._count
+
+    def finish(self) -> None:
+        self.finished_at = time.monotonic()
+        self.resource = self.stage = None
+        self.fraction = 1.0
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.finished_at or time.monotonic()) - self.started_at
+
+
 class ResourceStack:
     """Enters resources in order and releases them in reverse, within deadlines.
 
@@ -217,6 +263,7 @@ class ResourceStack:
         self.shutdown_timeout_s = shutdown_timeout_s
         self._held: list[_Holder] = []
         self.state: State = {}
+        self.progress = Progress()
 
     @property
     def running(self) -> bool:
@@ -226,8 +273,10 @@ class ResourceStack:
         """Enter every resource; on any failure release those entered and raise StartupError."""
         assert not self._held, "resources are already started"
         self.state = {}
+        self.progress.begin(len(self.resources))
         deadline = _deadline(self.startup_timeout_s)
-        for resource in self.resources:
+        for index, resource in enumerate(self.resources):
+            self.progress.enter(resource.name, index)
             try:
                 holder = _Holder(resource, resource.open(self._owner), self.shutdown_timeout_s)
             except Exception as exc:
@@ -252,6 +301,7 @@ class ResourceStack:
                 self._merge(resource, holder.value)
             except StartupError as exc:
                 await self._fail_startup(str(exc), None)
+        self.progress.finish()
         return self.state
 
     def _merge(self, resource: Resource, value: Any) -> None:
@@ -283,7 +333,11 @@ class ResourceStack:
                 holder = self._held.pop()
                 name = holder.resource.name
                 if not holder.entered:
-                    continue  # never entered, nothing to release
+                    # Still entering (a background load cut short by shutdown): stop it.
+                    holder.cancel()
+                    if not await _wait(holder.done, anyio.current_time() + _CANCEL_GRACE_S):
+                        failures.append(f"resource {name!r} is still starting (stuck in a thread?)")
+                    continue
                 holder.release(deadline)
                 if not await _wait(holder.done, deadline + _CANCEL_GRACE_S):
                     holder.cancel()

@@ -209,10 +209,12 @@ class TorchModel(Resource):
         super().__init__(self._lifespan, name=name)
 
     @asynccontextmanager
-    async def _lifespan(self) -> AsyncIterator[ModelHandle]:
+    async def _lifespan(self, host: Any) -> AsyncIterator[ModelHandle]:
+        progress = getattr(host, "progress", None)
+        report = progress.report if progress is not None else None
         # Abandoned on cancellation: a startup timeout must not wait for a
         # 2-minute load to finish; the process is about to fail anyway.
-        module, device, dtype = await anyio.to_thread.run_sync(self.load, abandon_on_cancel=True)
+        module, device, dtype = await anyio.to_thread.run_sync(self.load, report, abandon_on_cancel=True)
         handle = ModelHandle(module, device, dtype, self.max_concurrency)
         del module
         try:
@@ -221,17 +223,31 @@ class TorchModel(Resource):
             await handle.close()
             await anyio.to_thread.run_sync(self._release, device)
 
-    def load(self) -> tuple[nn.Module, torch.device, torch.dtype]:
-        """Build, load, place and warm up, synchronously (the resource calls it in a thread)."""
+    def load(
+        self, report: Callable[[str, float], None] | None = None
+    ) -> tuple[nn.Module, torch.device, torch.dtype]:
+        """Build, load, place and warm up, synchronously (the resource calls it in a thread).
+
+        `report(stage, fraction)` is told each stage as it begins (the host's
+        `progress.report`, shown by `/readyz` while loading).
+        """
+
+        def stage(name: str, fraction: float) -> None:
+            if report is not None:
+                report(name, fraction)
+
         started = time.perf_counter()
         device = resolve_device(self.device)
         before = cuda_memory(device) if device.type == "cuda" else {}
+        stage("building the architecture", 0.05)
         try:
             module = self.build()
         except Exception as exc:
             raise ModelLoadError(f"building the architecture failed: {type(exc).__name__}: {exc}") from exc
         if self.weights is not None:
+            stage(f"reading {self.weights.name}", 0.2)
             state = self._read_weights(self.weights)
+            stage("loading the weights into the architecture", 0.6)
             try:
                 module.load_state_dict(state, strict=True)
             except RuntimeError as exc:
@@ -240,10 +256,12 @@ class TorchModel(Resource):
                     "build the architecture the weights were saved from, or retrain and save again"
                 ) from None
             del state
+        stage(f"moving to {device}", 0.75)
         module = module.to(device=device, dtype=self.dtype) if self.dtype else module.to(device=device)
         module.eval()
         dtype = self.dtype or next((p.dtype for p in module.parameters()), torch.get_default_dtype())
         load_s = time.perf_counter() - started
+        stage("warmup", 0.9)
         warmup_s = self._warm(module, device)
         params = sum(p.numel() for p in module.parameters())
         memory = cuda_memory(device) if device.type == "cuda" else {}

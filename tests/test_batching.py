@@ -13,6 +13,7 @@ from asgi_host import Batcher, Batching, Host, Request, Response, Route
 from asgi_host.model import TorchModel, classifier_endpoint
 from asgi_host.testing import HTTPResult, LifespanDriver
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP, load_dataset
+from tests._wait import until
 
 pytestmark = pytest.mark.anyio
 
@@ -104,9 +105,7 @@ def batcher_queue_rows(host: Host) -> int:
 
 
 async def wait_queued(host: Host, rows: int) -> None:
-    with anyio.fail_after(5):
-        while batcher_queue_rows(host) < rows:  # noqa: ASYNC110 - host-internal state, bounded wait
-            await anyio.sleep(0.005)
+    await until(lambda: batcher_queue_rows(host) >= rows)
 
 
 async def _post_into(lifespan: LifespanDriver, body: list[int], results: list[HTTPResult]) -> None:
@@ -124,9 +123,7 @@ async def test_full_queue_is_503_with_a_computed_retry_after() -> None:
             await recorder.entered.wait()
             tg.start_soon(_post_into, lifespan, [2, 3], results)
             tg.start_soon(_post_into, lifespan, [4, 5], results)
-            with anyio.fail_after(5):
-                while batcher.queued_rows < 4:  # noqa: ASYNC110 - waits for the queue to fill
-                    await anyio.sleep(0.005)
+            await until(lambda: batcher.queued_rows >= 4)
             refused = await lifespan.request("POST", "/double", json=[6])
             recorder.gate.set()
     assert refused.status == 503
@@ -187,16 +184,15 @@ async def test_shutdown_finishes_admitted_work_then_refuses_and_leaves_no_task()
             tg.start_soon(_post_into, lifespan, [1], results)
             await recorder.entered.wait()
             tg.start_soon(_post_into, lifespan, [2], results)
-            with anyio.fail_after(5):
-                while batcher.queued_rows < 1:  # noqa: ASYNC110 - waits for the queue to fill
-                    await anyio.sleep(0.005)
+            await until(lambda: batcher.queued_rows >= 1)
             tg.start_soon(lifespan.shutdown)
-            with anyio.fail_after(5):
-                while not batcher.closing:  # noqa: ASYNC110 - waits for shutdown to begin
-                    await anyio.sleep(0.005)
+            await until(lambda: host.readiness().status == "draining")
             late = await lifespan.request("POST", "/double", json=[3])
+            assert not batcher.closing  # the host drains its requests before the batcher stops
             recorder.gate.set()
+    assert batcher.closing
     assert late.status == 503
+    assert late.json()["error"]["message"] == "the server is shutting down"
     assert sorted(r.json() for r in results) == [[2], [4]]
     assert recorder.batches == [[1], [2]]
 

@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from asgi_host import Host, HTTPError, Request, Response, Route
+from asgi_host import Host, HTTPError, LifespanPhase, Request, Response, Route
 from asgi_host.model import ModelHandle, TorchModel, release_cuda_memory, resolve_device
 from asgi_host.testing import LifespanDriver, LifespanFailed
 from examples.iris import WEIGHTS, IrisMLP
+from tests._wait import until
 
 pytestmark = pytest.mark.anyio
 
@@ -170,7 +171,12 @@ async def test_slow_load_hits_the_startup_timeout_without_waiting_for_it() -> No
         release.set()
 
 
-async def test_shutdown_waits_for_the_forward_pass_in_flight_and_then_frees_the_model() -> None:
+@pytest.mark.parametrize("drain_timeout_s", [30.0, 0.0])
+async def test_shutdown_waits_for_the_forward_pass_in_flight_and_then_frees_the_model(
+    drain_timeout_s: float,
+) -> None:
+    # With drain_timeout_s=0 the host stops waiting for requests at once; the
+    # model handle must still wait for the pass that is running in its thread.
     entered = threading.Event()
     gate = threading.Event()
     order: list[str] = []
@@ -185,7 +191,11 @@ async def test_shutdown_waits_for_the_forward_pass_in_flight_and_then_frees_the_
         handle: ModelHandle = request.state["model"]
         return Response.json(await handle.run(slow_forward))
 
-    host = host_with(TorchModel(IrisMLP, WEIGHTS), Route("/slow", slow))
+    host = Host(
+        resources=[TorchModel(IrisMLP, WEIGHTS)],
+        routes=[Route("/slow", slow)],
+        drain_timeout_s=drain_timeout_s,
+    )
     results: dict[str, Any] = {}
     async with LifespanDriver(host) as lifespan:
         handle: ModelHandle = lifespan.state["model"]
@@ -202,9 +212,10 @@ async def test_shutdown_waits_for_the_forward_pass_in_flight_and_then_frees_the_
             tg.start_soon(in_flight)
             await anyio.to_thread.run_sync(entered.wait, 10)
             tg.start_soon(shut_down)
-            with anyio.fail_after(5):
-                while not handle.closing:  # noqa: ASYNC110 - host-internal state, bounded wait
-                    await anyio.sleep(0.01)
+            if drain_timeout_s == 0:
+                await until(lambda: handle.closing)
+            else:
+                await until(lambda: host.phase is LifespanPhase.STOPPING)
             # Draining: the module is still there for the running pass; new work is refused.
             assert module_ref() is not None
             refused = await lifespan.request("GET", "/slow")
