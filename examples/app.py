@@ -5,9 +5,12 @@
          -d '{"inputs":[[5.1,3.5,1.4,0.2]]}'
 
 The model loads before hypercorn accepts connections and is released (CUDA
-memory included) after the last request. Environment variables, read once at
-import: `IRIS_WEIGHTS` (weights file), `IRIS_DEVICE` (`auto`, `cpu`,
-`cuda:0`, ...), `IRIS_MAX_ROWS` (rows per request).
+memory included) after the last request. Settings (`IrisConfig`) come from
+`IRIS_CONFIG` (a TOML file, see examples/iris.toml) and `IRIS_*` environment
+variables, read once at import: `IRIS_WEIGHTS`, `IRIS_DEVICE` (`auto`, `cpu`,
+`cuda:0`, ...), `IRIS_MAX_ROWS`, `IRIS_BATCHING=on`,
+`IRIS_BATCHING__MAX_WAIT_S=0.002`, `IRIS_BACKGROUND_STARTUP=true`, ... An
+unknown `IRIS_` variable stops the import with the list of known ones.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Annotated
 
+import msgspec
 import torch
 
 from asgi_host import Host, Request, Response, Route
+from asgi_host.config import HostConfig, load_config
 from asgi_host.model import TorchModel, classifier_endpoint
 
 from .iris import FEATURES, LABELS, WEIGHTS, IrisMLP
@@ -44,28 +50,35 @@ async def index(request: Request) -> Response:
     )
 
 
-def make_app(
-    weights: str | os.PathLike[str] = WEIGHTS,
-    *,
-    device: str = "auto",
-    max_rows: int = 1024,
-) -> Host:
+class IrisConfig(HostConfig, frozen=True, kw_only=True):
+    """The host's settings plus the model's."""
+
+    weights: str = str(WEIGHTS)
+    device: str = "auto"
+    max_rows: Annotated[int, msgspec.Meta(ge=1)] = 1024
+
+
+def make_app(config: IrisConfig | None = None) -> Host:
+    config = config or IrisConfig()
     model = TorchModel(
         IrisMLP,
-        Path(weights),
+        Path(config.weights),
         name="model",
-        device=device,
+        device=config.device,
         warmup=torch.zeros(1, len(FEATURES)),
     )
-    predict = classifier_endpoint(labels=LABELS, n_features=len(FEATURES), model="model", max_rows=max_rows)
+    predict = classifier_endpoint(
+        labels=LABELS,
+        n_features=len(FEATURES),
+        model="model",
+        max_rows=config.max_rows,
+        batching=config.batching,
+    )
     return Host(
         resources=[model],
         routes=[Route("/", index), Route("/predict", predict, methods=["POST"])],
+        **config.host_kwargs(),
     )
 
 
-app = make_app(
-    os.environ.get("IRIS_WEIGHTS", str(WEIGHTS)),
-    device=os.environ.get("IRIS_DEVICE", "auto"),
-    max_rows=int(os.environ.get("IRIS_MAX_ROWS", "1024")),
-)
+app = make_app(load_config(IrisConfig, env_prefix="IRIS_", toml_path=os.environ.get("IRIS_CONFIG")))

@@ -13,7 +13,7 @@ from torch import nn
 from asgi_host import Host, Request, Route, StructEndpoint
 from asgi_host.model import TorchModel, classifier_endpoint
 from asgi_host.testing import HTTPResult, LifespanDriver
-from examples.app import make_app
+from examples.app import IrisConfig, make_app
 from examples.iris import LABELS, load_dataset
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +23,7 @@ SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 @pytest.fixture
 async def iris() -> AsyncIterator[LifespanDriver]:
-    async with LifespanDriver(make_app(max_rows=200)) as lifespan:
+    async with LifespanDriver(make_app(IrisConfig(max_rows=200))) as lifespan:
         yield lifespan
 
 
@@ -167,8 +167,7 @@ async def test_too_many_rows_is_413(iris: LifespanDriver) -> None:
 
 
 async def test_body_over_the_limit_is_413() -> None:
-    app = make_app()
-    app.max_body_bytes = 64
+    app = make_app(IrisConfig(max_body_bytes=64))
     async with LifespanDriver(app) as lifespan:
         result = await lifespan.request("POST", "/predict", json={"inputs": [SETOSA] * 10})
     assert result.status == 413

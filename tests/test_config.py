@@ -1,0 +1,104 @@
+"""Typed settings: defaults, TOML, environment, and every way to get them wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asgi_host import Batcher, Batching
+from asgi_host.config import ConfigError, HostConfig, load_config
+from examples.app import IrisConfig, make_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_match_the_host() -> None:
+    config = load_config(HostConfig, environ={})
+    assert config == HostConfig()
+    assert config.batching is None
+    assert config.host_kwargs()["startup_timeout_s"] == 60.0
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "app.toml"
+    toml.write_text("drain_timeout_s = 5.0\nbackground_startup = true\n[batching]\nmax_wait_s = 0.01\n")
+    env = {"APP_DRAIN_TIMEOUT_S": "7", "APP_BATCHING__MAX_BATCH_ROWS": "8", "APP_STARTUP_TIMEOUT_S": "none"}
+    config = load_config(HostConfig, env_prefix="APP_", toml_path=toml, environ=env)
+    assert config.drain_timeout_s == 7.0
+    assert config.background_startup is True
+    assert config.startup_timeout_s is None
+    assert config.batching == Batching(max_wait_s=0.01, max_batch_rows=8)
+
+
+@pytest.mark.parametrize(
+    ("env", "batching"),
+    [
+        ({"APP_BATCHING": "on"}, Batching()),
+        ({"APP_BATCHING": "on", "APP_BATCHING__MAX_WAIT_S": "1"}, Batching(max_wait_s=1.0)),
+        ({"APP_BATCHING__MAX_WAIT_S": "1", "APP_BATCHING": "on"}, Batching(max_wait_s=1.0)),
+        ({"APP_BATCHING": "off", "APP_BATCHING__MAX_WAIT_S": "1"}, None),
+        ({"APP_BATCHING__MAX_WAIT_S": "0"}, Batching(max_wait_s=0.0)),
+        ({}, None),
+    ],
+)
+def test_batching_switch(env: dict[str, str], batching: Batching | None) -> None:
+    assert load_config(HostConfig, env_prefix="APP_", environ=env).batching == batching
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"APP_DRAIN_TIMEOUT": "5"}, "unknown setting APP_DRAIN_TIMEOUT; known: APP_BACKGROUND_STARTUP"),
+        ({"APP_DRAIN_TIMEOUT_S": "-1"}, "Expected `float` >= 0.0 - at `$.drain_timeout_s`"),
+        ({"APP_MAX_BODY_BYTES": "lots"}, "Expected `int | null`, got `str` - at `$.max_body_bytes`"),
+        ({"APP_BATCHING": "maybe"}, "APP_BATCHING must be on or off"),
+        ({"APP_BATCHING__MAX_BATCH_ROWS": "0"}, "Expected `int` >= 1 - at `$.batching.max_batch_rows`"),
+        ({"APP_BATCHING__FOO": "1"}, "Object contains unknown field `foo` - at `$.batching`"),
+        ({"APP_LIVEZ_PATH": "livez"}, "matching regex '^/' - at `$.livez_path`"),
+        ({"APP_DRAIN_TIMEOUT_S__X": "1"}, "drain_timeout_s has no sub-settings"),
+    ],
+)
+def test_bad_settings_are_errors_that_name_them(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(HostConfig, env_prefix="APP_", environ=env)
+    assert message in str(raised.value)
+
+
+def test_batching_false_in_the_file_is_off(tmp_path: Path) -> None:
+    toml = tmp_path / "app.toml"
+    toml.write_text("batching = false\n")
+    assert load_config(HostConfig, toml_path=toml, environ={}).batching is None
+    assert (
+        load_config(HostConfig, toml_path=toml, environ={"ASGI_HOST_BATCHING": "on"}).batching == Batching()
+    )
+
+
+def test_unknown_key_in_the_file_is_an_error(tmp_path: Path) -> None:
+    toml = tmp_path / "app.toml"
+    toml.write_text("drain_timeout = 5\n")
+    with pytest.raises(ConfigError, match="Object contains unknown field `drain_timeout`"):
+        load_config(HostConfig, toml_path=toml, environ={})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(HostConfig, toml_path=tmp_path / "missing.toml", environ={})
+
+
+def test_settings_built_in_python_are_checked_too() -> None:
+    with pytest.raises(Exception, match=r"Expected `float` >= 0\.0"):
+        HostConfig(drain_timeout_s=-1)
+
+
+def test_the_shipped_example_config_loads_and_turns_batching_on() -> None:
+    config = load_config(
+        IrisConfig, env_prefix="IRIS_", toml_path=ROOT / "examples" / "iris.toml", environ={}
+    )
+    assert config.batching == Batching()
+    app = make_app(config)
+    assert [type(r) for r in app.resources][-1] is Batcher
+    off = load_config(
+        IrisConfig,
+        env_prefix="IRIS_",
+        toml_path=ROOT / "examples" / "iris.toml",
+        environ={"IRIS_BATCHING": "off"},
+    )
+    assert [r.name for r in make_app(off).resources] == ["model"]
