@@ -40,8 +40,9 @@ class Batching(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     max_batch_rows: Annotated[int, msgspec.Meta(ge=1)] = 64
     """Rows in one forward pass at most. A single request with more rows runs alone."""
-    max_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.002
-    """How long the first queued request waits for company; 0 batches only what is already queued."""
+    max_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """How long the first queued request waits for company. 0 (the default) batches what queued up
+    while the previous pass ran: no delay for a lone request (see docs/benchmarks.md)."""
     max_queue_rows: Annotated[int, msgspec.Meta(ge=1)] = 4096
     """Rows waiting at most; beyond, 503 with Retry-After."""
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 30.0

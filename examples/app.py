@@ -9,7 +9,7 @@ memory included) after the last request. Settings (`IrisConfig`) come from
 `IRIS_CONFIG` (a TOML file, see examples/iris.toml) and `IRIS_*` environment
 variables, read once at import: `IRIS_WEIGHTS`, `IRIS_DEVICE` (`auto`, `cpu`,
 `cuda:0`, ...), `IRIS_MAX_ROWS`, `IRIS_BATCHING=on`,
-`IRIS_BATCHING__MAX_WAIT_S=0.002`, `IRIS_BACKGROUND_STARTUP=true`, ... An
+`IRIS_BATCHING__MAX_BATCH_ROWS=32`, `IRIS_BACKGROUND_STARTUP=true`, ... An
 unknown `IRIS_` variable stops the import with the list of known ones.
 """
 

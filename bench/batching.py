@@ -1,0 +1,116 @@
+"""Throughput and latency of POST /predict with micro-batching off and on, under hypercorn.
+
+    python -m bench.batching                        # concurrency 1, 8, 32; 10 s each
+    python -m bench.batching -c 32 -d 20 --max-wait-s 0.002
+
+Needs `wrk` (Debian: `apt-get install wrk`). Each mode starts its own
+`hypercorn examples.app:app` (IRIS_BATCHING=off / on) on 127.0.0.1; both are
+measured in the same run so their ratio is meaningful on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
+
+
+def serve(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "hypercorn", "examples.app:app", "--bind", f"127.0.0.1:{port}"]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def wrk(port: int, connections: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(SCRIPT),
+            f"http://127.0.0.1:{port}/predict",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
+        assert match, out
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+        result[f"p{pct}_ms"] = float(match.group(1)) * scale
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Iris /predict, batching off vs on, under hypercorn + wrk")
+    parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("-d", "--seconds", type=int, default=10)
+    parser.add_argument("--max-wait-s", default="0")
+    parser.add_argument("--max-batch-rows", default="64")
+    parser.add_argument("--port", type=int, default=8798)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install wrk")
+    modes = {
+        "off": {"IRIS_BATCHING": "off"},
+        "on": {
+            "IRIS_BATCHING": "on",
+            "IRIS_BATCHING__MAX_WAIT_S": args.max_wait_s,
+            "IRIS_BATCHING__MAX_BATCH_ROWS": args.max_batch_rows,
+        },
+    }
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    for mode, env in modes.items():
+        process = serve(args.port, env)
+        try:
+            wrk(args.port, 8, 2)  # warm up
+            for c in args.connections:
+                results[mode, c] = wrk(args.port, c, args.seconds)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    print(
+        f"batching max_wait_s={args.max_wait_s} max_batch_rows={args.max_batch_rows}, {args.seconds} s/cell"
+    )
+    columns = ["clients", "off req/s", "off p50 ms", "off p99 ms", "on req/s", "on p50 ms", "on p99 ms"]
+    print("| " + " | ".join([*columns, "on/off", "non-2xx"]) + " |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in args.connections:
+        off, on = results["off", c], results["on", c]
+        print(
+            f"| {c} | {off['rps']:.0f} | {off['p50_ms']:.2f} | {off['p99_ms']:.2f} | {on['rps']:.0f} | "
+            f"{on['p50_ms']:.2f} | {on['p99_ms']:.2f} | {on['rps'] / off['rps']:.2f}x | "
+            f"{int(off['non_2xx'] + on['non_2xx'])} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
