@@ -99,6 +99,7 @@ class Batcher(Resource, Generic[T, R]):
         self._state: Mapping[str, Any] = {}
         self.batches = 0
         self.batched_rows = 0
+        self.observers: list[Callable[[int, float], None]] = []  # (rows, seconds) after each batch
         super().__init__(self._lifespan, name=name)
 
     @property
@@ -252,6 +253,8 @@ class Batcher(Resource, Generic[T, R]):
             self._batch_seconds = elapsed if not self.batches else 0.8 * self._batch_seconds + 0.2 * elapsed
             self.batches += 1
             self.batched_rows += len(all_rows)
+            for observe in self.observers:
+                observe(len(all_rows), elapsed)
         start = 0
         for entry in live:
             entry.result = list(outputs[start : start + len(entry.rows)])

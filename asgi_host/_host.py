@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -16,7 +17,10 @@ from ._http import Request, Response, error_response
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
 from ._resources import Progress, Resource, ResourceStack, as_resource
 from ._routing import Endpoint, Mount, Route, Router, route_path
-from ._types import ASGIApp, Receive, Scope, Send, State, send_message
+from ._types import ASGIApp, Message, Receive, Scope, Send, State, send_message
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 __all__ = ["Host"]
 
@@ -63,6 +67,7 @@ class Host:
         readyz_path: str | None = "/readyz",
         background_startup: bool = False,
         on_background_failure: Callable[[StartupError], object] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.router = Router(routes)
         self.max_body_bytes = max_body_bytes
@@ -89,22 +94,27 @@ class Host:
         self._in_flight = 0
         self._idle = anyio.Event()
         self._idle.set()
-        self._health_paths: set[str] = set()
+        self._probe_paths: set[str] = set()
         if livez_path is not None:
-            self._add_health(livez_path, self._livez)
+            self._add_probe(livez_path, self._livez)
         if readyz_path is not None:
-            self._add_health(readyz_path, self._readyz)
+            self._add_probe(readyz_path, self._readyz)
+        self.metrics = metrics
+        if metrics is not None:
+            self._add_probe(metrics.path, metrics.endpoint)
+            metrics.attach(self)
 
-    def _add_health(self, path: str, endpoint: Endpoint) -> None:
+    def _add_probe(self, path: str, endpoint: Endpoint) -> None:
         self.router.add(Route(path, endpoint))
-        self._health_paths.add(path)
-        self._check_health_paths()
+        self._probe_paths.add(path)
+        self._check_probe_paths()
 
-    def _check_health_paths(self) -> None:
-        for path in self._health_paths:
+    def _check_probe_paths(self) -> None:
+        for path in self._probe_paths:
             mount = self.router.mount_for(path)
             assert mount is None, (
-                f"health path {path!r} is under mount {mount.prefix!r}: pass another livez_path/readyz_path"
+                f"probe path {path!r} is under mount {mount.prefix!r}: pass another livez_path, readyz_path"
+                " or metrics path"
             )
 
     @property
@@ -165,7 +175,7 @@ class Host:
 
     def mount(self, prefix: str, app: ASGIApp) -> None:
         self.router.add(Mount(prefix, app))
-        self._check_health_paths()
+        self._check_probe_paths()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -206,18 +216,43 @@ class Host:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
-        if path in self._health_paths:
+        if path in self._probe_paths:
             await self._respond(scope, receive, send, path, self.router.paths[path])
             return
         self._in_flight += 1
         if self._in_flight == 1:
             self._idle = anyio.Event()
         try:
-            await self._serve(scope, receive, send, path)
+            if self.metrics is None:
+                await self._serve(scope, receive, send, path)
+            else:
+                await self._serve_measured(scope, receive, send, path, self.metrics)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    async def _serve_measured(
+        self, scope: Scope, receive: Receive, send: Send, path: str, metrics: Metrics
+    ) -> None:
+        status: int | None = None
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if path in self.router.paths:
+            label = path
+        else:
+            mount = self.router.mount_for(path)
+            label = mount.prefix if mount is not None else "unmatched"
+        started = time.perf_counter()
+        try:
+            await self._serve(scope, receive, recording_send, path)
+        finally:
+            metrics.observe(label, scope["method"], status, time.perf_counter() - started)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         refused = refusal(self.readiness()) if self._lifespan.phase is not LifespanPhase.IDLE else None

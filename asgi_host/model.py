@@ -206,6 +206,7 @@ class TorchModel(Resource):
         self.dtype = dtype
         self.warmup = warmup
         self.max_concurrency = max_concurrency
+        self.last_load_s: float | None = None  # build + load + warmup, for metrics
         super().__init__(self._lifespan, name=name)
 
     @asynccontextmanager
@@ -263,6 +264,7 @@ class TorchModel(Resource):
         load_s = time.perf_counter() - started
         stage("warmup", 0.9)
         warmup_s = self._warm(module, device)
+        self.last_load_s = time.perf_counter() - started
         params = sum(p.numel() for p in module.parameters())
         memory = cuda_memory(device) if device.type == "cuda" else {}
         logger.info(

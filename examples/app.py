@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import torch
@@ -28,6 +28,9 @@ from asgi_host.config import HostConfig, load_config
 from asgi_host.model import TorchModel, classifier_endpoint
 
 from .iris import FEATURES, LABELS, WEIGHTS, IrisMLP
+
+if TYPE_CHECKING:
+    from asgi_host.metrics import Metrics
 
 # hypercorn configures only its own loggers; show the model's load and release lines.
 _log = logging.getLogger("asgi_host")
@@ -56,6 +59,7 @@ class IrisConfig(HostConfig, frozen=True, kw_only=True):
     weights: str = str(WEIGHTS)
     device: str = "auto"
     max_rows: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    metrics: bool = True  # GET /metrics (needs the `metrics` extra: prometheus-client)
 
 
 def make_app(config: IrisConfig | None = None) -> Host:
@@ -77,8 +81,19 @@ def make_app(config: IrisConfig | None = None) -> Host:
     return Host(
         resources=[model],
         routes=[Route("/", index), Route("/predict", predict, methods=["POST"])],
+        metrics=_metrics() if config.metrics else None,
         **config.host_kwargs(),
     )
+
+
+def _metrics() -> Metrics:
+    try:
+        from asgi_host.metrics import Metrics
+    except ImportError as exc:
+        raise ImportError(
+            f"{exc}: install the metrics extra (pip install 'asgi_host[metrics]') or set IRIS_METRICS=false"
+        ) from exc
+    return Metrics()
 
 
 app = make_app(load_config(IrisConfig, env_prefix="IRIS_", toml_path=os.environ.get("IRIS_CONFIG")))

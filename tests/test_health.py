@@ -222,8 +222,8 @@ async def test_health_paths_are_configurable_and_never_collide() -> None:
     assert (await request(host, "GET", "/readyz")).status == 404
     with pytest.raises(AssertionError, match="two routes for GET /livez"):
         Host(routes=[Route("/livez", use_model)])
-    with pytest.raises(AssertionError, match="health path '/readyz' is under mount '/readyz'"):
+    with pytest.raises(AssertionError, match="probe path '/readyz' is under mount '/readyz'"):
         Host(routes=[Mount("/readyz", Host())])
     host = Host()
-    with pytest.raises(AssertionError, match="health path '/livez' is under mount '/livez'"):
+    with pytest.raises(AssertionError, match="probe path '/livez' is under mount '/livez'"):
         host.mount("/livez", Host())

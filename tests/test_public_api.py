@@ -41,10 +41,10 @@ def test_testing_kit_names() -> None:
     )
 
 
-def test_imports_without_torch() -> None:
+def test_imports_without_torch_or_prometheus() -> None:
     # `sys.modules["torch"] = None` makes any `import torch` fail, as if it were not installed.
     code = (
-        "import sys; sys.modules['torch'] = None\n"
+        "import sys; sys.modules['torch'] = None; sys.modules['prometheus_client'] = None\n"
         "import asgi_host, asgi_host.testing, examples.mounts\n"
         "print('ok')\n"
     )

@@ -1,0 +1,82 @@
+"""GET /metrics: what a Prometheus scrape sees after real traffic."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from asgi_host import Batching, Host, Mount, Route
+from asgi_host.metrics import Metrics
+from asgi_host.model import TorchModel, classifier_endpoint
+from asgi_host.testing import LifespanDriver
+from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
+
+pytestmark = pytest.mark.anyio
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_after_traffic() -> None:
+    endpoint = classifier_endpoint(labels=LABELS, n_features=len(FEATURES), batching=Batching())
+    host = Host(
+        resources=[TorchModel(IrisMLP, WEIGHTS)],
+        routes=[Route("/predict", endpoint, methods=["POST"]), Mount("/sub", Host())],
+        metrics=Metrics(),
+    )
+    async with LifespanDriver(host) as lifespan:
+        for rows in (1, 2, 3):
+            assert (await lifespan.request("POST", "/predict", json={"inputs": [ROW] * rows})).status == 200
+        assert (await lifespan.request("POST", "/predict", json={"inputs": [[1]]})).status == 422
+        assert (await lifespan.request("GET", "/nowhere")).status == 404
+        assert (await lifespan.request("GET", "/sub/x")).status == 404
+        await lifespan.request("GET", "/readyz")
+        scrape = await lifespan.request("GET", "/metrics")
+    assert scrape.status == 200
+    assert (scrape.header("content-type") or "").startswith("text/plain; version=")
+    values = samples(scrape.body.decode())
+    predict_ok = ("asgi_host_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "200")))
+    assert values[predict_ok] == 3
+    assert (
+        values["asgi_host_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "422"))]
+        == 1
+    )
+    assert (
+        values["asgi_host_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404"))]
+        == 1
+    )
+    assert values["asgi_host_requests_total", (("method", "GET"), ("route", "/sub"), ("status", "404"))] == 1
+    assert values["asgi_host_request_duration_seconds_count", (("route", "/predict"),)] == 4
+    # Probes and scrapes are not counted as traffic.
+    assert not [key for key in values if dict(key[1]).get("route") in ("/readyz", "/metrics")]
+    batcher = (("batcher", "model batcher"),)
+    assert values["asgi_host_batch_rows_count", batcher] == 3
+    assert values["asgi_host_batch_rows_sum", batcher] == 6
+    assert values["asgi_host_batch_duration_seconds_count", batcher] == 3
+    assert values["asgi_host_queue_rows", batcher] == 0
+    assert values["asgi_host_model_load_seconds", (("model", "model"),)] > 0
+    assert values["asgi_host_ready", ()] == 1
+    assert values["asgi_host_requests_in_flight", ()] == 0  # the scrape itself is not counted
+
+
+def test_metrics_path_must_not_collide() -> None:
+    with pytest.raises(AssertionError, match="probe path '/metrics' is under mount '/metrics'"):
+        Host(routes=[Mount("/metrics", Host())], metrics=Metrics())
+    with pytest.raises(AssertionError, match="two routes for GET /stats"):
+        Host(routes=[Route("/stats", Host()._livez)], metrics=Metrics(path="/stats"))
+
+
+async def test_two_hosts_keep_separate_registries() -> None:
+    first, second = Host(metrics=Metrics()), Host(metrics=Metrics())
+    async with LifespanDriver(first) as lifespan:
+        await lifespan.request("GET", "/x")
+    async with LifespanDriver(second) as lifespan:
+        scrape = await lifespan.request("GET", "/metrics")
+    assert "asgi_host_requests_total{" not in scrape.body.decode()
