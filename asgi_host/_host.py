@@ -51,7 +51,12 @@ class Host:
     as `request.state`. Mounted sub-apps (`Mount`) get no lifespan events.
 
     Timeouts are the host's own (`None` for no limit); hypercorn has its own
-    60 s `startup_timeout` on top, see docs/lifespan.md.
+    60 s `startup_timeout` on top, see docs/lifespan.md. `drain_timeout_s`
+    bounds the wait for requests in flight after `lifespan.shutdown`.
+    `/livez` and `/readyz` (paths settable, `None` to turn off) report
+    liveness and readiness; `background_startup=True` answers startup at
+    once and loads in the background (routes answer 503 until ready);
+    `metrics=Metrics()` serves `/metrics`. See docs/production.md.
     """
 
     def __init__(

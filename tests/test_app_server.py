@@ -101,3 +101,20 @@ def test_bad_weights_make_hypercorn_exit_nonzero(tmp_path: Path, problem: str) -
     expected = "does not exist" if problem == "missing" else "do not fit IrisMLP"
     assert "resource 'model' failed to start: ModelLoadError: " in output
     assert expected in output
+
+
+def test_two_workers_each_load_and_release_their_own_model(tmp_path: Path) -> None:
+    port = free_port()
+    with run_server(hypercorn_command("examples.app:app", port, ["-w", "2"]), port, tmp_path) as server:
+        for _ in range(4):
+            response = httpx.post(
+                server.url + "/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}, timeout=10
+            )
+            assert response.json()["labels"] == ["setosa"]
+        exit_code = server.stop()
+    output = server.output()
+    assert exit_code == 0, output
+    loaded = {line.split("] [")[1] for line in output.splitlines() if "model IrisMLP loaded" in line}
+    released = {line.split("] [")[1] for line in output.splitlines() if "model 'model' released" in line}
+    assert len(loaded) == 2, output  # two worker processes, one model each
+    assert released == loaded
