@@ -15,6 +15,7 @@ from ._errors import ClientDisconnect, HTTPError, StartupError
 from ._health import Readiness, readiness, refusal
 from ._http import Request, Response, error_response
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
+from ._propagation import SubAppLifespan
 from ._resources import Progress, Resource, ResourceStack, as_resource
 from ._routing import Endpoint, Mount, Route, Router, route_path
 from ._types import ASGIApp, Message, Receive, Scope, Send, State, send_message
@@ -84,8 +85,10 @@ class Host:
         carried = [
             r for item in routes if isinstance(item, Route) for r in getattr(item.endpoint, "resources", ())
         ]
+        # Mounts whose lifespan runs with the host's: after everything else, in mount order.
+        propagated = [SubAppLifespan(m.prefix, m.app) for m in routes if isinstance(m, Mount) and m.lifespan]
         self._stack = ResourceStack(
-            [*(as_resource(r) for r in resources), *carried],
+            [*(as_resource(r) for r in resources), *carried, *propagated],
             self,
             startup_timeout_s=startup_timeout_s,
             shutdown_timeout_s=shutdown_timeout_s,
@@ -178,9 +181,14 @@ class Host:
 
         return decorate
 
-    def mount(self, prefix: str, app: ASGIApp) -> None:
-        self.router.add(Mount(prefix, app))
+    def mount(self, prefix: str, app: ASGIApp, *, lifespan: bool = False) -> None:
+        """Add a `Mount`; with `lifespan=True` its lifespan runs with the host's (add before startup)."""
+        mount = Mount(prefix, app, lifespan=lifespan)
+        self.router.add(mount)
         self._check_probe_paths()
+        if lifespan:
+            assert self.phase is LifespanPhase.IDLE, "mount with lifespan=True before the host starts"
+            self._stack.resources.append(SubAppLifespan(mount.prefix, app))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -39,14 +39,17 @@ class Mount:
     `/api` matches `/api` and `/api/x`, never `/apix`. The sub-app's scope keeps
     the full `path` and `raw_path` and gets `root_path` extended by the prefix
     (the ASGI spec's rule, which Starlette sub-apps rely on). By default the
-    sub-app receives no lifespan events: see docs/mounts.md.
+    sub-app receives no lifespan events; with `lifespan=True` the host runs
+    the sub-app's lifespan as part of its own (after its resources, in mount
+    order; stopped before them, in reverse): see docs/mounts.md.
     """
 
-    def __init__(self, prefix: str, app: ASGIApp) -> None:
+    def __init__(self, prefix: str, app: ASGIApp, *, lifespan: bool = False) -> None:
         prefix = prefix.rstrip("/")
         assert prefix.startswith("/"), f"mount prefix {prefix!r} must start with '/' and not be the root"
         self.prefix = prefix
         self.app = app
+        self.lifespan = lifespan
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
