@@ -67,15 +67,26 @@ def test_failing_resource_exit_code_in_hypercorn_default_supervisor_mode(tmp_pat
     assert exit_code != 0
 
 
-def test_mounted_sub_app_gets_no_lifespan_events(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("app", "during", "after"),
+    [
+        ("examples.mounts:app", [], []),
+        ("examples.mounts:app_propagating", ["lifespan.startup"], ["lifespan.startup", "lifespan.shutdown"]),
+    ],
+)
+def test_mounted_sub_apps_get_lifespan_events_only_when_asked(
+    tmp_path: Path, app: str, during: list[str], after: list[str]
+) -> None:
     port = free_port()
-    with run_server(hypercorn_command("examples.mounts:app", port), port, tmp_path) as server:
-        response = httpx.get(server.url + "/raw/lifespan", timeout=5)
-        assert response.json() == {"lifespan_events": []}
+    with run_server(hypercorn_command(app, port), port, tmp_path) as server:
+        for mount in ("/raw", "/starlette"):
+            response = httpx.get(server.url + mount + "/lifespan", timeout=5)
+            assert response.json() == {"lifespan_events": during}, mount
         assert httpx.get(server.url + "/rawx/lifespan", timeout=5).status_code == 404
         exit_code = server.stop()
     output = server.output()
     assert exit_code == 0, output
-    # The host ran its own startup and shutdown, and /raw saw none of it.
+    # The host ran its own startup and shutdown; the mounts saw only what propagation gave them.
     assert "startup: host resources ready" in output
-    assert "shutdown: /raw saw lifespan events []" in output
+    assert f"shutdown: /raw saw lifespan events {after}" in output
+    assert f"shutdown: /starlette saw lifespan events {after}" in output
