@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._errors import ClientDisconnect, HTTPError, StartupError
+from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError
 from ._health import Readiness, readiness, refusal
 from ._http import Request, Response, error_response
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
-from ._propagation import SubAppLifespan
+from ._propagation import SubAppLifespan, SubAppLifespanError, drive_lifespan
 from ._resources import Progress, Resource, ResourceStack, as_resource
 from ._routing import Endpoint, Mount, Route, Router, route_path
 from ._types import ASGIApp, Message, Receive, Scope, Send, State, send_message
@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 __all__ = ["Host"]
 
 logger = logging.getLogger("asgi_host")
+
+# Marks a lifespan scope that `Host.lifespan()` made, not a server.
+_EMBEDDED = "asgi_host.embedded"
+
+_NOT_STARTED = HTTPError(
+    503,
+    "the host has not started: nothing sent lifespan.startup, so its resources are not loaded. Serve it "
+    "with a server that runs lifespan (hypercorn, uvicorn, granian), or, when it is mounted in another "
+    "app, run `async with host.lifespan():` in that app's lifespan (see docs/embedding.md)",
+)
 
 ResourceLike = Resource | Callable[..., AbstractAsyncContextManager[Any]]
 
@@ -172,6 +182,32 @@ class Host:
     def resources(self) -> list[Resource]:
         return list(self._stack.resources)
 
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[dict[str, Any]]:
+        """Run the host's startup and shutdown from an app that sends it no lifespan events.
+
+        For a host mounted under Starlette or FastAPI (`app.mount("/model", host)`),
+        which never pass lifespan events to mounts::
+
+            @asynccontextmanager
+            async def lifespan(app):
+                async with host.lifespan() as state:
+                    yield state          # optional: the parent's requests see it too
+
+        It runs the very same protocol (resources, timeouts, drain, background
+        startup). A failure raises `StartupError` / `ShutdownError` with the
+        host's message, so the parent's own startup fails and its server exits.
+        """
+        state: dict[str, Any] = {}
+        try:
+            async with drive_lifespan(self, state, label="asgi_host.Host", scope_extra={_EMBEDDED: True}):
+                yield state
+        except SubAppLifespanError as exc:
+            message = exc.app_message or str(exc)
+            if exc.phase == "startup":
+                raise StartupError(message) from None
+            raise ShutdownError(message) from None
+
     def route(self, path: str, *, methods: Iterable[str] = ("GET",)) -> Callable[[Endpoint], Endpoint]:
         """Decorator form of `Route`: `@host.route("/ping")`."""
 
@@ -196,7 +232,9 @@ class Host:
             await self._http(scope, receive, send)
         elif kind == "lifespan":
             state = scope.get("state")
-            self._server_copies_state = isinstance(state, dict)
+            # Driven by `lifespan()` for a parent app: the parent's server will
+            # not copy this state into our request scopes, so we add it ourselves.
+            self._server_copies_state = isinstance(state, dict) and not scope.get(_EMBEDDED)
             try:
                 await run_lifespan(
                     self._stack,
@@ -268,7 +306,10 @@ class Host:
             metrics.observe(label, scope["method"], status, time.perf_counter() - started)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        refused = refusal(self.readiness()) if self._lifespan.phase is not LifespanPhase.IDLE else None
+        if self._lifespan.phase is LifespanPhase.IDLE:
+            refused = _NOT_STARTED if self._stack.resources else None
+        else:
+            refused = refusal(self.readiness())
         if refused is not None:
             await self._respond(scope, receive, send, path, None, refused)
             return

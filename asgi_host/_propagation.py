@@ -21,13 +21,83 @@ import anyio
 from ._resources import Resource
 from ._types import ASGIApp, Message
 
-__all__ = ["SubAppLifespan"]
+__all__ = ["LifespanUnsupported", "SubAppLifespan", "SubAppLifespanError", "drive_lifespan"]
 
 logger = logging.getLogger("asgi_host")
 
 
 class SubAppLifespanError(Exception):
     """A sub-app answered `.failed`, or raised once it had begun its lifespan."""
+
+    def __init__(self, phase: str, message: str, app_message: str | None = None) -> None:
+        self.phase = phase
+        self.app_message = app_message  # the app's own `.failed` message, if it sent one
+        super().__init__(message)
+
+
+class LifespanUnsupported(Exception):
+    """The app raised before its first `receive()`: it has no lifespan."""
+
+
+@asynccontextmanager
+async def drive_lifespan(
+    app: ASGIApp, state: dict[str, Any], *, label: str, scope_extra: dict[str, Any] | None = None
+) -> AsyncIterator[None]:
+    """Run `app`'s lifespan with raw messages: startup on entry, shutdown on exit.
+
+    Raises `SubAppLifespanError` when the app answers `.failed` or stops
+    without answering, and `LifespanUnsupported` when it raises before its
+    first `receive()`. `state` is the scope's state dict, shared with the caller.
+    """
+    to_app, inbox = anyio.create_memory_object_stream[Message](math.inf)
+    outbox, from_app = anyio.create_memory_object_stream[Message](math.inf)
+    received = anyio.Event()  # the app has called receive() at least once
+    failure: list[BaseException] = []
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
+    scope.update(scope_extra or {})
+
+    async def receive() -> Message:
+        received.set()
+        return await inbox.receive()
+
+    async def send(message: Message) -> None:
+        await outbox.send(dict(message))
+
+    async def run() -> None:
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            outbox.close()
+
+    error: Exception | None = None
+    with to_app, inbox, outbox, from_app:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, name=f"asgi_host lifespan of {label}")
+            await to_app.send({"type": "lifespan.startup"})
+            reply = await _reply(from_app)
+            if reply is None and failure and not received.is_set():
+                error = LifespanUnsupported(repr(failure[0]))
+            else:
+                try:
+                    _check(reply, "startup", failure)
+                except SubAppLifespanError as exc:
+                    error = exc
+            if error is not None:
+                tg.cancel_scope.cancel()
+            else:
+                try:
+                    yield
+                finally:
+                    await to_app.send({"type": "lifespan.shutdown"})
+                    try:
+                        _check(await _reply(from_app), "shutdown", failure)
+                    except SubAppLifespanError as exc:
+                        error = exc
+    # Raised here, outside the task group, so the message is not wrapped in a group.
+    if error is not None:
+        raise error
 
 
 class SubAppLifespan(Resource):
@@ -41,61 +111,16 @@ class SubAppLifespan(Resource):
 
     @asynccontextmanager
     async def _lifespan(self, host: Any) -> AsyncIterator[None]:
-        to_app, inbox = anyio.create_memory_object_stream[Message](math.inf)
-        outbox, from_app = anyio.create_memory_object_stream[Message](math.inf)
-        received = anyio.Event()  # the sub-app has called receive() at least once
-        failure: list[BaseException] = []
-        scope = {
-            "type": "lifespan",
-            "asgi": {"version": "3.0", "spec_version": "2.0"},
-            "state": host.state,  # shared: the sub-app's keys reach every request
-        }
-
-        async def receive() -> Message:
-            received.set()
-            return await inbox.receive()
-
-        async def send(message: Message) -> None:
-            await outbox.send(dict(message))
-
-        async def run() -> None:
-            try:
-                await self.app(scope, receive, send)
-            except Exception as exc:
-                failure.append(exc)
-            finally:
-                outbox.close()
-
-        error: SubAppLifespanError | None = None
-        with to_app, inbox, outbox, from_app:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run, name=f"asgi_host lifespan of mount {self.prefix}")
-                await to_app.send({"type": "lifespan.startup"})
-                reply = await _reply(from_app)
-                if reply is None and failure and not received.is_set():
-                    # Raised before its first receive(): the spec's "lifespan unsupported".
-                    self.supported = False
-                    logger.info("mount %s does not support lifespan (%r); skipped", self.prefix, failure[0])
-                else:
-                    self.supported = True
-                    try:
-                        _check(reply, "startup", failure)
-                    except SubAppLifespanError as exc:
-                        error = exc
-                        tg.cancel_scope.cancel()
-                if error is None:
-                    try:
-                        yield
-                    finally:
-                        if self.supported:
-                            await to_app.send({"type": "lifespan.shutdown"})
-                            try:
-                                _check(await _reply(from_app), "shutdown", failure)
-                            except SubAppLifespanError as exc:
-                                error = exc
-        # Raised here, outside the task group, so the message is not wrapped in a group.
-        if error is not None:
-            raise error
+        # `host.state` is shared: what the sub-app puts there reaches every request.
+        try:
+            async with drive_lifespan(self.app, host.state, label=f"mount {self.prefix}"):
+                self.supported = True
+                yield
+                return
+        except LifespanUnsupported as exc:
+            self.supported = False
+            logger.info("mount %s does not support lifespan (%s); skipped", self.prefix, exc)
+        yield
 
 
 async def _reply(from_app: anyio.abc.ObjectReceiveStream[Message]) -> Message | None:
@@ -110,9 +135,11 @@ def _check(reply: Message | None, phase: str, failure: list[BaseException]) -> N
     if kind == f"lifespan.{phase}.complete":
         return
     if kind == f"lifespan.{phase}.failed":
-        raise SubAppLifespanError(f"it answered lifespan.{phase}.failed: {reply.get('message', '')}")  # type: ignore[union-attr]
+        assert reply is not None
+        app_message = str(reply.get("message", ""))
+        raise SubAppLifespanError(phase, f"it answered lifespan.{phase}.failed: {app_message}", app_message)
     if reply is None:
         error = failure[0] if failure else None
         detail = f"raised {type(error).__name__}: {error}" if error else "returned"
-        raise SubAppLifespanError(f"it {detail} without answering lifespan.{phase}")
-    raise SubAppLifespanError(f"it answered lifespan.{phase} with {kind!r}")
+        raise SubAppLifespanError(phase, f"it {detail} without answering lifespan.{phase}")
+    raise SubAppLifespanError(phase, f"it answered lifespan.{phase} with {kind!r}")

@@ -1,0 +1,97 @@
+"""The host mounted in other stacks, started by their lifespan with `host.lifespan()`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from asgi_host import HTTPError, LifespanPhase, StartupError
+from asgi_host.testing import LifespanDriver, LifespanFailed
+from examples import embed_fastapi, embed_starlette
+from examples.app import IrisConfig, make_app
+from tests._server import free_port, hypercorn_command, run_server
+
+ROW = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("parent", [embed_fastapi, embed_starlette], ids=["fastapi", "starlette"])
+async def test_parent_lifespan_starts_and_stops_the_mounted_host(parent: Any) -> None:
+    async with LifespanDriver(parent.app) as lifespan:
+        assert parent.host.phase is LifespanPhase.STARTED
+        handle = parent.host.state["model"]
+        predicted = await lifespan.request("POST", "/model/predict", json=ROW)
+        ready = await lifespan.request("GET", "/model/readyz")
+    assert predicted.json()["labels"] == ["setosa"]
+    assert ready.json() == {"status": "ready"}
+    assert parent.host.phase is LifespanPhase.STOPPED
+    with pytest.raises(HTTPError, match="released"):
+        _ = handle.module
+
+
+@pytest.mark.anyio
+async def test_the_parent_can_yield_the_hosts_state_and_keeps_its_own_routes() -> None:
+    async with LifespanDriver(embed_fastapi.app) as lifespan:
+        hello = await lifespan.request("GET", "/hello")
+        assert set(lifespan.state) == {"model"}  # yielded by the parent: its routes see it too
+    assert hello.json()["hello"] == "from FastAPI"
+
+
+@pytest.mark.anyio
+async def test_a_parent_that_forgets_to_start_the_host_gets_a_503_that_says_how() -> None:
+    host = make_app(IrisConfig(metrics=False))
+    parent = FastAPI()
+    parent.mount("/model", host)
+    async with LifespanDriver(parent) as lifespan:
+        result = await lifespan.request("POST", "/model/predict", json=ROW)
+    assert result.status == 503
+    assert "async with host.lifespan():" in result.json()["error"]["message"]
+
+
+@pytest.mark.anyio
+async def test_a_host_that_fails_to_start_fails_the_parents_startup(tmp_path: Path) -> None:
+    host = make_app(IrisConfig(weights=str(tmp_path / "missing.safetensors"), metrics=False))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with host.lifespan():
+            yield
+
+    parent = FastAPI(lifespan=lifespan)
+    parent.mount("/model", host)
+    with pytest.raises(
+        LifespanFailed, match="resource 'model' failed to start: ModelLoadError: weights file"
+    ):
+        async with LifespanDriver(parent):
+            pass
+    assert host.phase is LifespanPhase.FAILED
+
+
+@pytest.mark.anyio
+async def test_lifespan_context_directly_and_no_double_start() -> None:
+    host = make_app(IrisConfig(metrics=False))
+    async with host.lifespan() as state:
+        assert set(state) == {"model"}
+        with pytest.raises(StartupError, match="in state 'started'"):
+            async with host.lifespan():
+                pass
+    assert host.phase is LifespanPhase.STOPPED
+
+
+@pytest.mark.server
+def test_fastapi_parent_under_hypercorn(tmp_path: Path) -> None:
+    port = free_port()
+    with run_server(hypercorn_command("examples.embed_fastapi:app", port), port, tmp_path) as server:
+        predicted = httpx.post(server.url + "/model/predict", json=ROW, timeout=10)
+        hello = httpx.get(server.url + "/hello", timeout=10)
+        exit_code = server.stop()
+    assert predicted.json()["labels"] == ["setosa"]
+    assert hello.status_code == 200
+    assert exit_code == 0
+    assert "model 'model' released" in server.output()
