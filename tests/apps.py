@@ -96,3 +96,9 @@ def _predict_app(*, background: bool, batching: Batching | None) -> Host:
 
 slow_batched_app = _predict_app(background=False, batching=Batching(max_batch_rows=64, max_wait_s=0.05))
 background_app = _predict_app(background=True, batching=None)
+
+
+async def http_only_app(scope: dict[str, object], receive: object, send: object) -> None:
+    """An app without lifespan support: it raises on any scope but http."""
+    if scope["type"] != "http":
+        raise RuntimeError(f"unsupported scope type {scope['type']!r}")

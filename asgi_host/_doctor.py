@@ -1,0 +1,191 @@
+"""`python -m asgi_host check MODULE:APP`: run any ASGI app's lifespan and report what happened.
+
+Exit codes: 0 startup and shutdown clean, 1 a failure (or a timeout), 2 the
+app does not support lifespan (it raised before answering startup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+import anyio
+import msgspec
+
+from ._types import ASGIApp
+from .testing import AppTimeout, LifespanDriver, LifespanFailed, LifespanUnsupported, ProtocolViolation
+
+__all__ = ["Report", "check", "main"]
+
+OK, FAILED, UNSUPPORTED = 0, 1, 2
+
+
+class Phase(msgspec.Struct, omit_defaults=True):
+    ok: bool
+    seconds: float
+    message: str | None = None
+
+
+class Report(msgspec.Struct, omit_defaults=True):
+    app: str
+    supported: bool
+    exit_code: int
+    startup: Phase | None = None
+    shutdown: Phase | None = None
+    state_keys: list[str] | None = None
+    cuda_memory: dict[str, dict[str, int]] | None = None
+    error: str | None = None
+
+
+def load_app(target: str) -> ASGIApp:
+    """Import `module:attribute` (the attribute may be dotted), from the current directory too."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"expected MODULE:APP (like examples.app:app), got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+def _cuda() -> dict[str, int] | None:
+    torch: Any = sys.modules.get("torch")  # only if the app imported it
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved()}
+
+
+async def check(app: ASGIApp, name: str, *, timeout_s: float, progress: TextIO | None = None) -> Report:
+    """Run `app`'s lifespan once; never raises for what the app does.
+
+    With `progress`, the time spent starting is shown there until startup ends.
+    """
+    starting = anyio.Event()
+    started = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        if progress is not None:
+            tg.start_soon(_show_progress, progress, starting, started)
+        report = await _run(app, name, timeout_s, starting, started)
+        tg.cancel_scope.cancel()
+    return report
+
+
+async def _run(
+    app: ASGIApp, name: str, timeout_s: float, starting: anyio.Event, started: anyio.Event
+) -> Report:
+    memory: dict[str, dict[str, int]] = {}
+    before = _cuda()
+    if before is not None:
+        memory["before_startup"] = before
+    driver = LifespanDriver(app, startup_timeout_s=timeout_s, shutdown_timeout_s=timeout_s)
+    report = Report(app=name, supported=True, exit_code=OK)
+    began = time.perf_counter()
+    starting.set()
+    try:
+        await driver.__aenter__()
+    except LifespanUnsupported as exc:
+        report.supported, report.exit_code, report.error = False, UNSUPPORTED, str(exc)
+        return report
+    except (LifespanFailed, AppTimeout, ProtocolViolation) as exc:
+        report.exit_code = FAILED
+        report.startup = Phase(False, round(time.perf_counter() - began, 6), _message(exc))
+        return report
+    finally:
+        started.set()
+    report.startup = Phase(True, round(time.perf_counter() - began, 6))
+    report.state_keys = sorted(driver.state)
+    after_startup = _cuda()
+    if after_startup is not None:
+        memory["after_startup"] = after_startup
+    began = time.perf_counter()
+    try:
+        await driver.shutdown()
+    except (LifespanFailed, AppTimeout, ProtocolViolation) as exc:
+        report.exit_code = FAILED
+        report.shutdown = Phase(False, round(time.perf_counter() - began, 6), _message(exc))
+    else:
+        report.shutdown = Phase(True, round(time.perf_counter() - began, 6))
+    try:
+        await driver.__aexit__(None, None, None)
+    except AppTimeout as exc:  # answered shutdown but did not return
+        report.exit_code = FAILED
+        report.shutdown = Phase(False, report.shutdown.seconds, str(exc))
+    after_shutdown = _cuda()
+    if after_shutdown is not None:
+        memory["after_shutdown"] = after_shutdown
+    report.cuda_memory = memory or None
+    return report
+
+
+def _message(exc: Exception) -> str:
+    return exc.message if isinstance(exc, LifespanFailed) else str(exc)
+
+
+async def _show_progress(stream: TextIO, starting: anyio.Event, started: anyio.Event) -> None:
+    await starting.wait()
+    began = time.perf_counter()
+    while not started.is_set():
+        with anyio.move_on_after(0.5):
+            await started.wait()
+        if not started.is_set():
+            stream.write(f"\rstarting... {time.perf_counter() - began:.1f} s")
+            stream.flush()
+    stream.write("\r" + " " * 40 + "\r")
+    stream.flush()
+
+
+def render(report: Report) -> str:
+    lines = [f"asgi_host check {report.app}"]
+    lines.append(f"  lifespan supported: {'yes' if report.supported else 'no'}")
+    if not report.supported:
+        lines.append(f"  {report.error}")
+    for label, phase in (("startup", report.startup), ("shutdown", report.shutdown)):
+        if phase is None:
+            continue
+        verdict = f"ok in {phase.seconds:.3f} s" if phase.ok else f"FAILED after {phase.seconds:.3f} s"
+        lines.append(f"  {label}: {verdict}")
+        if phase.message:
+            lines.append(f"    {phase.message}")
+    if report.state_keys is not None:
+        lines.append(f"  state keys: {', '.join(report.state_keys) or '(none)'}")
+    if report.cuda_memory:
+        for moment, numbers in report.cuda_memory.items():
+            lines.append(
+                f"  cuda {moment.replace('_', ' ')}: allocated {numbers['allocated_bytes']:,} B,"
+                f" reserved {numbers['reserved_bytes']:,} B"
+            )
+    elif report.supported:
+        lines.append("  cuda memory: not in use")
+    lines.append(
+        {OK: "result: ok", FAILED: "result: FAILED", UNSUPPORTED: "result: no lifespan support"}[
+            report.exit_code
+        ]
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="asgi-host",
+        description="Tools for ASGI apps. `check` runs an app's lifespan with raw messages and reports.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    check_parser = commands.add_parser("check", help="run MODULE:APP's lifespan startup and shutdown")
+    check_parser.add_argument("target", metavar="MODULE:APP", help="for example examples.app:app")
+    check_parser.add_argument("--json", action="store_true", help="print a JSON report")
+    check_parser.add_argument("--timeout-s", type=float, default=120.0, help="per phase (default 120)")
+    check_parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    args = parser.parse_args(argv)
+    app = load_app(args.target)
+    progress = sys.stderr if sys.stderr.isatty() and not args.json else None
+    report = anyio.run(
+        lambda: check(app, args.target, timeout_s=args.timeout_s, progress=progress), backend=args.backend
+    )
+    print(msgspec.json.encode(report).decode() if args.json else render(report))
+    return report.exit_code

@@ -1,0 +1,77 @@
+"""`python -m asgi_host check`: exit codes, the report, on our apps and others'."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import msgspec
+import pytest
+
+from asgi_host._doctor import check
+from examples.app import IrisConfig, make_app
+from tests._server import ROOT
+
+
+def run_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asgi_host", "check", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_clean_app_exits_0_with_timings() -> None:
+    result = run_check("examples.app:app")
+    assert result.returncode == 0, result.stderr
+    assert "lifespan supported: yes" in result.stdout
+    assert "startup: ok in " in result.stdout
+    assert "shutdown: ok in " in result.stdout
+    assert "state keys: model" in result.stdout
+    assert result.stdout.rstrip().endswith("result: ok")
+
+
+def test_json_report_on_a_fastapi_app() -> None:
+    result = run_check("examples.embed_fastapi:app", "--json")
+    assert result.returncode == 0, result.stderr
+    report = msgspec.json.decode(result.stdout)
+    assert report["supported"] is True
+    assert report["startup"]["ok"] is True
+    assert report["shutdown"]["ok"] is True
+    assert report["state_keys"] == ["model"]
+    assert "cuda_memory" not in report  # no CUDA here
+
+
+def test_startup_failure_exits_1_with_the_message() -> None:
+    result = run_check("examples.app:app", "--json", env={"IRIS_WEIGHTS": "/nonexistent.safetensors"})
+    assert result.returncode == 1
+    report = msgspec.json.decode(result.stdout)
+    assert report["startup"]["ok"] is False
+    assert report["startup"]["message"].startswith("resource 'model' failed to start: ModelLoadError")
+    assert "shutdown" not in report
+
+
+def test_app_without_lifespan_exits_2() -> None:
+    result = run_check("tests.apps:http_only_app")
+    assert result.returncode == 2
+    assert "lifespan supported: no" in result.stdout
+    assert "RuntimeError: unsupported scope type 'lifespan'" in result.stdout
+
+
+def test_bad_target_is_a_usage_error() -> None:
+    result = run_check("examples.app")
+    assert result.returncode != 0
+    assert "expected MODULE:APP" in result.stderr
+
+
+@pytest.mark.anyio
+async def test_check_in_process_on_both_backends() -> None:
+    report = await check(make_app(IrisConfig(metrics=False)), "iris", timeout_s=30)
+    assert report.exit_code == 0
+    assert report.state_keys == ["model"]
+    assert report.startup is not None
+    assert report.startup.seconds > 0
