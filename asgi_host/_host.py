@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -36,6 +38,38 @@ _NOT_STARTED = HTTPError(
     "with a server that runs lifespan (hypercorn, uvicorn, granian), or, when it is mounted in another "
     "app, run `async with host.lifespan():` in that app's lifespan (see docs/embedding.md)",
 )
+
+
+def _spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Start `fn` in a task that outlives the current request.
+
+    anyio has no detached tasks (every task belongs to a task group), and a
+    lazy start must outlive the request that triggered it, so this is the one
+    place that speaks to the event loop directly. The task ends at `aclose()`,
+    or is cancelled when the event loop shuts down, which releases the resources.
+    """
+    if _in_trio():
+        import trio
+
+        trio.lowlevel.spawn_system_task(fn)
+        return
+    task = asyncio.get_running_loop().create_task(fn())
+    _DETACHED.add(task)  # asyncio keeps only weak references to tasks
+    task.add_done_callback(_DETACHED.discard)
+
+
+def _in_trio() -> bool:
+    trio: Any = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
+_DETACHED: set[asyncio.Task[None]] = set()
 
 ResourceLike = Resource | Callable[..., AbstractAsyncContextManager[Any]]
 
@@ -84,6 +118,7 @@ class Host:
         background_startup: bool = False,
         on_background_failure: Callable[[StartupError], object] | None = None,
         metrics: Metrics | None = None,
+        lazy_start: Literal["wait", "unavailable"] | None = None,
     ) -> None:
         self.router = Router(routes)
         self.max_body_bytes = max_body_bytes
@@ -117,6 +152,12 @@ class Host:
             self._add_probe(livez_path, self._livez)
         if readyz_path is not None:
             self._add_probe(readyz_path, self._readyz)
+        assert lazy_start in (None, "wait", "unavailable"), "lazy_start is None, 'wait' or 'unavailable'"
+        self.lazy_start = lazy_start
+        self._lazy_scope: anyio.CancelScope | None = None
+        self._lazy_settled = anyio.Event()  # started, or failed to
+        self._lazy_stop = anyio.Event()
+        self._lazy_done = anyio.Event()
         self.metrics = metrics
         if metrics is not None:
             self._add_probe(metrics.path, metrics.endpoint)
@@ -181,6 +222,40 @@ class Host:
     @property
     def resources(self) -> list[Resource]:
         return list(self._stack.resources)
+
+    async def _start_lazily(self) -> HTTPError | None:
+        """First request and no lifespan: start the resources once, then wait or refuse."""
+        if self._lazy_scope is None:
+            # Set before any await: concurrent first requests start it exactly once.
+            self._lazy_scope = anyio.CancelScope()
+            _spawn_detached(self._run_lazily)
+        if self.lazy_start == "wait":
+            timeout_s = self._stack.startup_timeout_s
+            with anyio.move_on_after(math.inf if timeout_s is None else timeout_s):
+                await self._lazy_settled.wait()
+        state = self.readiness()
+        if state.status == "not started":
+            return HTTPError(503, "the host is starting", headers=[("retry-after", "1")])
+        return refusal(state)
+
+    async def _run_lazily(self) -> None:
+        assert self._lazy_scope is not None
+        try:
+            with self._lazy_scope:  # cancelled only when the event loop shuts down
+                async with self.lifespan():
+                    self._lazy_settled.set()
+                    await self._lazy_stop.wait()  # aclose(): a clean shutdown
+        except Exception:
+            logger.exception("lazy start of the host failed")  # readiness reports it too
+        finally:
+            self._lazy_settled.set()
+            self._lazy_done.set()
+
+    async def aclose(self) -> None:
+        """Shut down resources that a lazy start brought up (no-op otherwise). Idempotent."""
+        if self._lazy_scope is not None:
+            self._lazy_stop.set()
+            await self._lazy_done.wait()
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[dict[str, Any]]:
@@ -306,8 +381,8 @@ class Host:
             metrics.observe(label, scope["method"], status, time.perf_counter() - started)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        if self._lifespan.phase is LifespanPhase.IDLE:
-            refused = _NOT_STARTED if self._stack.resources else None
+        if self._lifespan.phase is LifespanPhase.IDLE and self._stack.resources:
+            refused = await self._start_lazily() if self.lazy_start else _NOT_STARTED
         else:
             refused = refusal(self.readiness())
         if refused is not None:

@@ -42,7 +42,7 @@ class LifespanTracker:
     def __init__(self) -> None:
         self.phase = LifespanPhase.IDLE
         self.loading = False  # a background load is running
-        self.load_error: str | None = None  # why the background load failed
+        self.load_error: str | None = None  # why the last startup (or background load) failed
 
     def move(self, expected: tuple[LifespanPhase, ...], new: LifespanPhase, message_type: object) -> None:
         if self.phase not in expected:
@@ -94,6 +94,7 @@ async def run_lifespan(
                 if message.get("type") != "lifespan.startup":
                     raise LifespanProtocolError("waiting for lifespan.startup", message.get("type"))
                 tracker.move(_STARTABLE, LifespanPhase.STARTING, message["type"])
+                tracker.load_error = None
             except LifespanProtocolError as exc:
                 startup_error = exc
             else:
@@ -151,6 +152,8 @@ async def run_lifespan(
     # Every resource task has finished here: report, outside the task group so
     # that the server's own exceptions from `send()` reach it unwrapped.
     if startup_error is not None:
+        if tracker.phase is LifespanPhase.FAILED:  # not for a stray message to a running host
+            tracker.load_error = str(startup_error)
         logger.error("startup failed: %s", startup_error)
         await send_message(send, {"type": "lifespan.startup.failed", "message": str(startup_error)})
         raise startup_error
