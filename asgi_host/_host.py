@@ -102,6 +102,10 @@ class Host:
     liveness and readiness; `background_startup=True` answers startup at
     once and loads in the background (routes answer 503 until ready);
     `metrics=Metrics()` serves `/metrics`. See docs/production.md.
+
+    Mounted in another app that sends no lifespan events, run it from that
+    app's lifespan with `async with host.lifespan():`, or let the first
+    request start it with `lazy_start="wait"` (see docs/embedding.md).
     """
 
     def __init__(

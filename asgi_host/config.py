@@ -24,7 +24,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -55,6 +55,7 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
     livez_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/livez"
     readyz_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/readyz"
     background_startup: bool = False
+    lazy_start: Literal["wait", "unavailable"] | None = None
     batching: Batching | None = None
 
     def __post_init__(self) -> None:
@@ -70,6 +71,7 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
             "livez_path": self.livez_path,
             "readyz_path": self.readyz_path,
             "background_startup": self.background_startup,
+            "lazy_start": self.lazy_start,
         }
 
 

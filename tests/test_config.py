@@ -102,3 +102,12 @@ def test_the_shipped_example_config_loads_and_turns_batching_on() -> None:
         environ={"IRIS_BATCHING": "off"},
     )
     assert [r.name for r in make_app(off).resources] == ["model"]
+
+
+def test_lazy_start_setting() -> None:
+    assert (
+        load_config(HostConfig, environ={"ASGI_HOST_LAZY_START": "wait"}).host_kwargs()["lazy_start"]
+        == "wait"
+    )
+    with pytest.raises(ConfigError, match=r"Invalid enum value 'soon' - at `\$\.lazy_start`"):
+        load_config(HostConfig, environ={"ASGI_HOST_LAZY_START": "soon"})

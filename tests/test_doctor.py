@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio
 import msgspec
 import pytest
 
+from asgi_host import Host
 from asgi_host._doctor import check
 from examples.app import IrisConfig, make_app
 from tests._server import ROOT
@@ -75,3 +80,17 @@ async def test_check_in_process_on_both_backends() -> None:
     assert report.state_keys == ["model"]
     assert report.startup is not None
     assert report.startup.seconds > 0
+
+
+@pytest.mark.anyio
+async def test_progress_is_shown_while_a_long_startup_runs() -> None:
+    @asynccontextmanager
+    async def slow() -> AsyncIterator[None]:
+        await anyio.sleep(1.2)
+        yield
+
+    stream = io.StringIO()
+    report = await check(Host(resources=[slow]), "slow", timeout_s=10, progress=stream)
+    assert report.exit_code == 0
+    assert "\rstarting... 0.5 s" in stream.getvalue() or "\rstarting... 0.6 s" in stream.getvalue()
+    assert stream.getvalue().endswith("\r")  # the line is cleared once startup ends
