@@ -21,10 +21,11 @@ pytestmark = pytest.mark.anyio
 class Recorder:
     """A batch function that doubles numbers, records each batch, and can be held shut."""
 
-    def __init__(self, fail_on: int | None = None) -> None:
+    def __init__(self, fail_on: int | None = None, *, held: bool = False) -> None:
         self.batches: list[list[int]] = []
-        self.gate = anyio.Event()
-        self.gate.set()
+        self.gate = anyio.Event()  # held: batches wait until the test sets it
+        if not held:
+            self.gate.set()
         self.entered = anyio.Event()
         self.fail_on = fail_on
 
@@ -72,8 +73,7 @@ async def test_concurrent_requests_share_forward_passes_and_get_their_own_rows()
 
 
 async def test_max_batch_rows_splits_batches_and_an_oversized_request_runs_alone() -> None:
-    recorder = Recorder()
-    recorder.gate = anyio.Event()
+    recorder = Recorder(held=True)
     host, _ = doubling_host(recorder, Batching(max_batch_rows=4, max_wait_s=0.0))
     async with LifespanDriver(host) as lifespan:
         results: list[HTTPResult] = []
@@ -113,8 +113,7 @@ async def _post_into(lifespan: LifespanDriver, body: list[int], results: list[HT
 
 
 async def test_full_queue_is_503_with_a_computed_retry_after() -> None:
-    recorder = Recorder()
-    recorder.gate = anyio.Event()
+    recorder = Recorder(held=True)
     host, batcher = doubling_host(recorder, Batching(max_batch_rows=2, max_wait_s=0.0, max_queue_rows=4))
     async with LifespanDriver(host) as lifespan:
         results: list[HTTPResult] = []
@@ -135,8 +134,7 @@ async def test_full_queue_is_503_with_a_computed_retry_after() -> None:
 
 
 async def test_client_that_disconnects_while_queued_is_dropped_from_the_batch() -> None:
-    recorder = Recorder()
-    recorder.gate = anyio.Event()
+    recorder = Recorder(held=True)
     host, _ = doubling_host(recorder, Batching(max_batch_rows=8, max_wait_s=0.0))
     async with LifespanDriver(host) as lifespan:
         results: list[HTTPResult] = []
@@ -153,8 +151,7 @@ async def test_client_that_disconnects_while_queued_is_dropped_from_the_batch() 
 
 
 async def test_request_timeout_is_504() -> None:
-    recorder = Recorder()
-    recorder.gate = anyio.Event()
+    recorder = Recorder(held=True)
     host, _ = doubling_host(recorder, Batching(max_wait_s=0.0, timeout_s=0.1))
     async with LifespanDriver(host) as lifespan:
         result = await lifespan.request("POST", "/double", json=[1])
@@ -175,8 +172,7 @@ async def test_a_failing_batch_fails_only_its_requests_and_the_batcher_goes_on()
 
 
 async def test_shutdown_finishes_admitted_work_then_refuses_and_leaves_no_task() -> None:
-    recorder = Recorder()
-    recorder.gate = anyio.Event()
+    recorder = Recorder(held=True)
     host, batcher = doubling_host(recorder, Batching(max_batch_rows=1, max_wait_s=0.0, drain_timeout_s=5))
     async with LifespanDriver(host) as lifespan:
         results: list[HTTPResult] = []
