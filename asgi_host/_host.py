@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from ._detached import spawn_detached
 from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError
 from ._health import Readiness, readiness, refusal
 from ._http import Request, Response, error_response
@@ -39,37 +38,6 @@ _NOT_STARTED = HTTPError(
     "app, run `async with host.lifespan():` in that app's lifespan (see docs/embedding.md)",
 )
 
-
-def _spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Start `fn` in a task that outlives the current request.
-
-    anyio has no detached tasks (every task belongs to a task group), and a
-    lazy start must outlive the request that triggered it, so this is the one
-    place that speaks to the event loop directly. The task ends at `aclose()`,
-    or is cancelled when the event loop shuts down, which releases the resources.
-    """
-    if _in_trio():
-        import trio
-
-        trio.lowlevel.spawn_system_task(fn)
-        return
-    task = asyncio.get_running_loop().create_task(fn())
-    _DETACHED.add(task)  # asyncio keeps only weak references to tasks
-    task.add_done_callback(_DETACHED.discard)
-
-
-def _in_trio() -> bool:
-    trio: Any = sys.modules.get("trio")
-    if trio is None:
-        return False
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        return False
-    return True
-
-
-_DETACHED: set[asyncio.Task[None]] = set()
 
 ResourceLike = Resource | Callable[..., AbstractAsyncContextManager[Any]]
 
@@ -232,7 +200,7 @@ class Host:
         if self._lazy_scope is None:
             # Set before any await: concurrent first requests start it exactly once.
             self._lazy_scope = anyio.CancelScope()
-            _spawn_detached(self._run_lazily)
+            spawn_detached(self._run_lazily)
         if self.lazy_start == "wait":
             timeout_s = self._stack.startup_timeout_s
             with anyio.move_on_after(math.inf if timeout_s is None else timeout_s):
