@@ -1,0 +1,90 @@
+"""Sentence embeddings with all-MiniLM-L6-v2 behind `POST /embed`.
+
+    pip install 'asgi_host[embed]'        # make serve/test install it already
+    hypercorn examples.embed:app
+    curl -X POST localhost:8000/embed -H 'content-type: application/json' \\
+         -d '{"texts":["A man is eating food.","A man is eating a piece of bread."]}'
+
+Answers `{"embeddings": [[384 floats], ...]}`, unit length, so a dot product is
+the cosine similarity. JSON or MessagePack, the same errors and limits as
+/predict, and the same micro-batcher (`EMBED_BATCHING=on`). Settings:
+`EmbedConfig`, from `EMBED_CONFIG` (TOML) and `EMBED_*` variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import msgspec
+import torch
+from torch import nn
+
+from asgi_host import Batcher, Host, HTTPError, Request, Resource, Route, StructEndpoint
+from asgi_host.config import HostConfig, load_config
+from asgi_host.model import ModelHandle, TorchModel
+
+from .minilm import MiniLM, load_tokenizer, model_dir
+
+
+class EmbedConfig(HostConfig, frozen=True, kw_only=True):
+    device: str = "auto"
+    max_texts: Annotated[int, msgspec.Meta(ge=1)] = 64  # per request; more is 413
+    max_chars: Annotated[int, msgspec.Meta(ge=1)] = 2000  # per text; longer is 422
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 256  # longer texts are truncated
+
+
+class Embeddings(msgspec.Struct):
+    embeddings: list[list[float]]
+
+
+def _forward(module: nn.Module, texts: list[str], tokenizer: Any, device: torch.device) -> list[list[float]]:
+    encoded = tokenizer.encode_batch(texts)
+    ids = torch.tensor([e.ids for e in encoded], device=device)
+    mask = torch.tensor([e.attention_mask for e in encoded], device=device)
+    embeddings: list[list[float]] = module(ids, mask).float().cpu().tolist()
+    return embeddings
+
+
+async def _embed(state: Mapping[str, Any], texts: list[str]) -> list[list[float]]:
+    handle: ModelHandle = state["model"]
+    result: list[list[float]] = await handle.run(_forward, texts, state["tokenizer"], handle.device)
+    return result
+
+
+def make_app(config: EmbedConfig | None = None) -> Host:
+    config = config or EmbedConfig()
+    text = Annotated[str, msgspec.Meta(min_length=1, max_length=config.max_chars)]
+    request_type = msgspec.defstruct(
+        "EmbedRequest",
+        [("texts", Annotated[list[text], msgspec.Meta(min_length=1)])],
+        forbid_unknown_fields=True,
+    )
+    batcher = Batcher(_embed, config.batching, name="model batcher") if config.batching else None
+
+    async def embed(body: Any, request: Request) -> Embeddings:
+        texts: list[str] = body.texts
+        if len(texts) > config.max_texts:
+            raise HTTPError(413, f"{len(texts)} texts is more than max_texts={config.max_texts}; split them")
+        vectors = await batcher.submit(texts, request) if batcher else await _embed(request.state, texts)
+        return Embeddings(vectors)
+
+    def tokenizer() -> dict[str, Any]:
+        return {"tokenizer": load_tokenizer(config.max_tokens)}
+
+    def warmup(module: nn.Module) -> None:
+        _forward(module, ["warm up"], load_tokenizer(config.max_tokens), next(module.parameters()).device)
+
+    endpoint = StructEndpoint(embed, request_type, resources=[batcher] if batcher else [])
+    return Host(
+        resources=[
+            Resource.from_hooks(tokenizer, name="tokenizer"),
+            TorchModel(MiniLM, model_dir() / "model.safetensors", device=config.device, warmup=warmup),
+        ],
+        routes=[Route("/embed", endpoint, methods=["POST"])],
+        **config.host_kwargs(),
+    )
+
+
+app = make_app(load_config(EmbedConfig, env_prefix="EMBED_", toml_path=os.environ.get("EMBED_CONFIG")))

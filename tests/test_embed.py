@@ -1,0 +1,110 @@
+"""examples.embed: MiniLM sentence embeddings behind POST /embed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+import torch
+
+from asgi_host import Batching
+from asgi_host.testing import LifespanDriver
+from examples.embed import EmbedConfig, make_app
+from examples.minilm import MiniLM, load_tokenizer, model_dir
+
+pytestmark = pytest.mark.anyio
+
+FOOD = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]
+
+
+@pytest.fixture
+async def embedder() -> AsyncIterator[LifespanDriver]:
+    async with LifespanDriver(
+        make_app(EmbedConfig(max_texts=8, max_chars=100)), startup_timeout_s=60
+    ) as lifespan:
+        yield lifespan
+
+
+async def test_a_paraphrase_ranks_above_an_unrelated_sentence(embedder: LifespanDriver) -> None:
+    result = await embedder.request("POST", "/embed", json={"texts": FOOD})
+    vectors = torch.tensor(result.json()["embeddings"])
+    assert vectors.shape == (3, 384)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.5
+
+
+async def test_msgpack_round_trip(embedder: LifespanDriver) -> None:
+    body = msgspec.msgpack.encode({"texts": FOOD[:1]})
+    headers = [("content-type", "application/msgpack"), ("accept", "application/msgpack")]
+    result = await embedder.request("POST", "/embed", body=body, headers=headers)
+    as_json = await embedder.request("POST", "/embed", json={"texts": FOOD[:1]})
+    assert msgspec.msgpack.decode(result.body) == as_json.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "path"),
+    [
+        ({"texts": []}, 422, "$.texts"),
+        ({"texts": ["ok", ""]}, 422, "$.texts[1]"),
+        ({"texts": ["x" * 101]}, 422, "$.texts[0]"),
+        ({"texts": ["ok", 3]}, 422, "$.texts[1]"),
+        ({"text": ["ok"]}, 422, "$"),
+        ({"texts": ["a"] * 9}, 413, None),
+    ],
+)
+async def test_limits_and_errors(embedder: LifespanDriver, body: Any, status: int, path: str | None) -> None:
+    result = await embedder.request("POST", "/embed", json=body)
+    assert result.status == status
+    assert result.json()["error"].get("path") == path
+
+
+async def test_malformed_body_is_400(embedder: LifespanDriver) -> None:
+    result = await embedder.request(
+        "POST", "/embed", body=b'{"texts": [', headers=[("content-type", "application/json")]
+    )
+    assert result.status == 400
+
+
+def test_same_embeddings_as_sentence_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The light path (tokenizers + plain torch) must agree with the reference implementation.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+
+    model = MiniLM()
+    model.load_state_dict(load_file(str(model_dir() / "model.safetensors")), strict=True)
+    model.eval()
+    encoded = load_tokenizer().encode_batch(FOOD)
+    with torch.inference_mode():
+        ours = model(
+            torch.tensor([e.ids for e in encoded]), torch.tensor([e.attention_mask for e in encoded])
+        )
+    reference = torch.tensor(SentenceTransformer(str(model_dir()), device="cpu").encode(FOOD))
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+async def test_batched_requests_share_passes_and_match_unbatched() -> None:
+    texts = [f"sentence number {i} about {'cats' if i % 2 else 'the weather'}" for i in range(12)]
+    results: dict[str, list[Any]] = {}
+    passes: dict[str, int] = {}
+    for mode, batching in (("off", None), ("on", Batching(max_batch_rows=64))):
+        app = make_app(EmbedConfig(batching=batching))
+        async with LifespanDriver(app, startup_timeout_s=60) as lifespan:
+            answers: list[Any] = [None] * len(texts)
+
+            async def one(i: int, lifespan: LifespanDriver = lifespan, answers: list[Any] = answers) -> None:
+                answers[i] = (await lifespan.request("POST", "/embed", json={"texts": [texts[i]]})).json()
+
+            async with anyio.create_task_group() as tg:
+                for i in range(len(texts)):
+                    tg.start_soon(one, i)
+            results[mode] = answers
+            passes[mode] = lifespan.state["model"].forward_passes
+    assert passes["on"] < passes["off"] == len(texts)
+    off = torch.tensor([a["embeddings"][0] for a in results["off"]])
+    on = torch.tensor([a["embeddings"][0] for a in results["on"]])
+    assert torch.allclose(on, off, atol=1e-5)  # padding in a shared batch changes nothing
