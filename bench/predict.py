@@ -27,15 +27,15 @@ import anyio
 import msgspec
 import torch
 
-from asgi_host import Host
-from examples.app import make_app
+from bench import peers
+from examples.app import IrisConfig, make_app
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = [5.1, 3.5, 1.4, 0.2]
 
 
 @asynccontextmanager
-async def running(app: Host) -> AsyncIterator[tuple[dict[str, Any], float]]:
+async def running(app: Any) -> AsyncIterator[tuple[dict[str, Any], float]]:
     """Drive the app's lifespan with raw messages; yield its state and the seconds to ready."""
     state: dict[str, Any] = {}
     pending = [{"type": "lifespan.startup"}]
@@ -71,7 +71,7 @@ async def startup_seconds(repeats: int) -> list[float]:
     return times
 
 
-async def in_process(app: Host, state: dict[str, Any], body: bytes, content_type: bytes, n: int) -> float:
+async def in_process(app: Any, state: dict[str, Any], body: bytes, content_type: bytes, n: int) -> float:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     scope_base = {
         "type": "http",
@@ -111,16 +111,24 @@ async def in_process(app: Host, state: dict[str, Any], body: bytes, content_type
 
 
 async def measure_in_process(n: int) -> dict[str, float]:
-    app = make_app()
+    app = make_app(IrisConfig(metrics=False))
     results: dict[str, float] = {}
+    one_row = msgspec.json.encode({"inputs": [ROW]})
     async with running(app) as (state, _):
-        one_row = msgspec.json.encode({"inputs": [ROW]})
-        results["json, 1 row"] = await in_process(app, state, one_row, b"application/json", n)
+        results["asgi_host json, 1 row"] = await in_process(app, state, one_row, b"application/json", n)
         packed = msgspec.msgpack.encode({"inputs": [ROW]})
-        results["msgpack, 1 row"] = await in_process(app, state, packed, b"application/msgpack", n)
+        results["asgi_host msgpack, 1 row"] = await in_process(app, state, packed, b"application/msgpack", n)
         batch = msgspec.json.encode({"inputs": [ROW] * 150})
-        results["json, 150 rows"] = await in_process(
+        results["asgi_host json, 150 rows"] = await in_process(
             app, state, batch, b"application/json", max(n // 10, 100)
+        )
+    async with running(peers.fastapi_app) as (state, _):
+        results["FastAPI json, 1 row"] = await in_process(
+            peers.fastapi_app, state, one_row, b"application/json", n
+        )
+    async with running(peers.bare_app) as (state, _):
+        results["bare ASGI constant"] = await in_process(
+            peers.bare_app, state, one_row, b"application/json", n
         )
     return results
 
@@ -185,7 +193,12 @@ def main() -> None:
     for backend in ("asyncio", "trio"):
         results = anyio.run(measure_in_process, args.n, backend=backend)
         for name, seconds in results.items():
-            print(f"in-process {backend:7s} {name:15s} {seconds * 1e6:8.1f} us/request")
+            print(f"in-process {backend:7s} {name:26s} {seconds * 1e6:8.1f} us/request")
+        ours, fastapi = results["asgi_host json, 1 row"], results["FastAPI json, 1 row"]
+        print(
+            f"in-process {backend:7s} FastAPI / asgi_host: {fastapi / ours:.2f}x, "
+            f"asgi_host / bare floor: {ours / results['bare ASGI constant']:.1f}x"
+        )
     if not args.no_http:
         http = measure_http(args.http_n, args.port)
         print(
