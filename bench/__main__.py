@@ -1,0 +1,53 @@
+"""`python -m bench`: run the benchmarks (by hand; numbers go to docs/benchmarks.md).
+
+python -m bench quick                 # every benchmark, short, in about 2 minutes on 2 cores
+python -m bench predict [args]        # in-process and HTTP cost of /predict vs FastAPI and the floor
+python -m bench batching [args]       # batching off vs on under hypercorn (needs wrk)
+python -m bench startup [args]        # time to ready vs weights size
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+COMMANDS = {
+    "predict": "bench.predict",
+    "batching": "bench.batching",
+    "startup": "bench.startup",
+}
+
+QUICK = [
+    ["bench.predict", "-n", "1000", "--http-n", "300"],
+    ["bench.startup", "--sizes-mb", "10", "100", "--repeats", "1"],
+    ["bench.batching", "-c", "1", "32", "-d", "3"],
+]
+
+
+def run(module: str, args: list[str]) -> int:
+    print(f"$ python -m {module} {' '.join(args)}", flush=True)
+    return subprocess.call([sys.executable, "-m", module, *args])
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, args = argv[0], argv[1:]
+    if command == "quick":
+        status = 0
+        for module, *quick_args in QUICK:
+            if module == "bench.batching" and shutil.which("wrk") is None:
+                print("skipping bench.batching: wrk not found (apt-get install wrk)")
+                continue
+            status = run(module, quick_args) or status
+        return status
+    if command not in COMMANDS:
+        print(f"unknown benchmark {command!r}; one of: quick, {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return run(COMMANDS[command], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

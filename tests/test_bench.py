@@ -1,0 +1,43 @@
+"""The bench scripts start and produce their tables (a smoke test; the numbers are not checked)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests._server import ROOT
+
+pytestmark = pytest.mark.server
+
+
+def bench(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_help_lists_the_benchmarks() -> None:
+    assert "python -m bench quick" in bench("--help")
+
+
+def test_predict_in_process() -> None:
+    out = bench("predict", "--no-http", "-n", "50")
+    assert "FastAPI / asgi_host:" in out
+    assert "bare ASGI constant" in out
+
+
+def test_startup_smallest_size() -> None:
+    out = bench("startup", "--sizes-mb", "10", "--repeats", "1")
+    assert "| 10 MB | safetensors |" in out
+    assert "| 10 MB | state dict |" in out
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_batching_under_hypercorn() -> None:
+    out = bench("batching", "-c", "2", "-d", "1")
+    assert "| 2 |" in out
