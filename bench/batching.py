@@ -2,9 +2,11 @@
 
     python -m bench.batching                        # concurrency 1, 8, 32; 10 s each
     python -m bench.batching -c 32 -d 20 --max-wait-s 0.002
+    python -m bench.batching --app minilm -c 1 8 32 64     # MiniLM /embed
 
 Needs `wrk` (Debian: `apt-get install wrk`). Each mode starts its own
-`hypercorn examples.app:app` (IRIS_BATCHING=off / on) on 127.0.0.1; both are
+`hypercorn examples.app:app` (IRIS_BATCHING=off / on; `--app minilm`:
+`examples.embed:app`, EMBED_BATCHING) on 127.0.0.1; both are
 measured in the same run so their ratio is meaningful on a noisy machine.
 """
 
@@ -22,11 +24,16 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
+HERE = Path(__file__).resolve().parent
+# app name: (ASGI app, wrk script, path, environment prefix)
+APPS = {
+    "iris": ("examples.app:app", HERE / "post_predict.lua", "/predict", "IRIS_"),
+    "minilm": ("examples.embed:app", HERE / "post_embed.lua", "/embed", "EMBED_"),
+}
 
 
-def serve(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "hypercorn", "examples.app:app", "--bind", f"127.0.0.1:{port}"]
+def serve(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -42,7 +49,7 @@ def serve(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     raise RuntimeError("server did not become ready")
 
 
-def wrk(port: int, connections: int, seconds: int) -> dict[str, float]:
+def wrk(port: int, connections: int, seconds: int, script: Path, path: str) -> dict[str, float]:
     out = subprocess.run(
         [
             "wrk",
@@ -51,8 +58,8 @@ def wrk(port: int, connections: int, seconds: int) -> dict[str, float]:
             f"-d{seconds}s",
             "--latency",
             "-s",
-            str(SCRIPT),
-            f"http://127.0.0.1:{port}/predict",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,
@@ -70,7 +77,10 @@ def wrk(port: int, connections: int, seconds: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Iris /predict, batching off vs on, under hypercorn + wrk")
+    parser = argparse.ArgumentParser(description="batching off vs on, under hypercorn + wrk")
+    parser.add_argument(
+        "--app", choices=sorted(APPS), default="iris", help="iris (/predict) or minilm (/embed)"
+    )
     parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("-d", "--seconds", type=int, default=10)
     parser.add_argument("--max-wait-s", default="0")
@@ -79,26 +89,27 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
+    app, script, path, prefix = APPS[args.app]
     modes = {
-        "off": {"IRIS_BATCHING": "off"},
+        "off": {f"{prefix}BATCHING": "off"},
         "on": {
-            "IRIS_BATCHING": "on",
-            "IRIS_BATCHING__MAX_WAIT_S": args.max_wait_s,
-            "IRIS_BATCHING__MAX_BATCH_ROWS": args.max_batch_rows,
+            f"{prefix}BATCHING": "on",
+            f"{prefix}BATCHING__MAX_WAIT_S": args.max_wait_s,
+            f"{prefix}BATCHING__MAX_BATCH_ROWS": args.max_batch_rows,
         },
     }
     results: dict[tuple[str, int], dict[str, float]] = {}
     for mode, env in modes.items():
-        process = serve(args.port, env)
+        process = serve(app, args.port, env)
         try:
-            wrk(args.port, 8, 2)  # warm up
+            wrk(args.port, 8, 2, script, path)  # warm up
             for c in args.connections:
-                results[mode, c] = wrk(args.port, c, args.seconds)
+                results[mode, c] = wrk(args.port, c, args.seconds, script, path)
         finally:
             process.terminate()
             process.wait(timeout=30)
     print(
-        f"batching max_wait_s={args.max_wait_s} max_batch_rows={args.max_batch_rows}, {args.seconds} s/cell"
+        f"{args.app}: batching max_wait_s={args.max_wait_s} max_batch_rows={args.max_batch_rows}, {args.seconds} s/cell"
     )
     columns = ["clients", "off req/s", "off p50 ms", "off p99 ms", "on req/s", "on p50 ms", "on p99 ms"]
     print("| " + " | ".join([*columns, "on/off", "non-2xx"]) + " |")
