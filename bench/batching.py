@@ -108,9 +108,8 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    print(
-        f"{args.app}: batching max_wait_s={args.max_wait_s} max_batch_rows={args.max_batch_rows}, {args.seconds} s/cell"
-    )
+    settings = f"max_wait_s={args.max_wait_s} max_batch_rows={args.max_batch_rows}"
+    print(f"{args.app}: batching {settings}, {args.seconds} s/cell")
     columns = ["clients", "off req/s", "off p50 ms", "off p99 ms", "on req/s", "on p50 ms", "on p99 ms"]
     print("| " + " | ".join([*columns, "on/off", "non-2xx"]) + " |")
     print("|---|---|---|---|---|---|---|---|---|")
