@@ -13,6 +13,7 @@ measured in the same run so their ratio is meaningful on a noisy machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--max-wait-s", default="0")
     parser.add_argument("--max-batch-rows", default="64")
     parser.add_argument("--port", type=int, default=8798)
+    parser.add_argument("--json-out", type=Path, help="also write the results here (for bench.plot)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
@@ -108,6 +110,9 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
+    if args.json_out is not None:
+        rows = [{"mode": mode, "clients": c, **numbers} for (mode, c), numbers in results.items()]
+        args.json_out.write_text(json.dumps({"app": args.app, "results": rows}, indent=1))
     settings = f"max_wait_s={args.max_wait_s} max_batch_rows={args.max_batch_rows}"
     print(f"{args.app}: batching {settings}, {args.seconds} s/cell")
     columns = ["clients", "off req/s", "off p50 ms", "off p99 ms", "on req/s", "on p50 ms", "on p99 ms"]
