@@ -353,7 +353,10 @@ class Host:
             metrics.observe(label, scope["method"], status, time.perf_counter() - started)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        if self._lifespan.phase is LifespanPhase.IDLE and self._stack.resources:
+        tracker = self._lifespan
+        if tracker.phase is LifespanPhase.STARTED and not tracker.loading and tracker.load_error is None:
+            refused = None  # the common case, decided without building a readiness report
+        elif tracker.phase is LifespanPhase.IDLE and self._stack.resources:
             refused = await self._start_lazily() if self.lazy_start else _NOT_STARTED
         else:
             refused = refusal(self.readiness())
