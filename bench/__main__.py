@@ -16,6 +16,7 @@ COMMANDS = {
     "predict": "bench.predict",
     "batching": "bench.batching",
     "startup": "bench.startup",
+    "gpu": "bench.gpu",
 }
 
 QUICK = [

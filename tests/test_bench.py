@@ -41,3 +41,10 @@ def test_startup_smallest_size() -> None:
 def test_batching_under_hypercorn() -> None:
     out = bench("batching", "-c", "2", "-d", "1")
     assert "| 2 |" in out
+
+
+def test_gpu_script_cpu_path() -> None:
+    out = bench("gpu", "-c", "2", "-d", "0.5")
+    assert "| Iris MLP |" in out
+    assert "| MiniLM-L6 |" in out
+    assert "| 2 |" in out
