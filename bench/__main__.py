@@ -14,6 +14,7 @@ import sys
 
 COMMANDS = {
     "predict": "bench.predict",
+    "http": "bench.http",
     "batching": "bench.batching",
     "startup": "bench.startup",
     "gpu": "bench.gpu",
@@ -23,6 +24,7 @@ QUICK = [
     ["bench.predict", "-n", "1000", "--http-n", "300"],
     ["bench.startup", "--sizes-mb", "10", "100", "--repeats", "1"],
     ["bench.batching", "-c", "1", "32", "-d", "3"],
+    ["bench.http", "-c", "32", "-d", "2", "--servers", "hypercorn"],
 ]
 
 
@@ -39,8 +41,8 @@ def main(argv: list[str]) -> int:
     if command == "quick":
         status = 0
         for module, *quick_args in QUICK:
-            if module == "bench.batching" and shutil.which("wrk") is None:
-                print("skipping bench.batching: wrk not found (apt-get install wrk)")
+            if module in ("bench.batching", "bench.http") and shutil.which("wrk") is None:
+                print(f"skipping {module}: wrk not found (apt-get install wrk)")
                 continue
             status = run(module, quick_args) or status
         return status

@@ -48,3 +48,10 @@ def test_gpu_script_cpu_path() -> None:
     assert "| Iris MLP |" in out
     assert "| MiniLM-L6 |" in out
     assert "| 2 |" in out
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_http_comparison_one_server() -> None:
+    out = bench("http", "-c", "2", "-d", "1", "--servers", "uvicorn")
+    assert "| uvicorn | 2 | asgi_host |" in out
+    assert "| uvicorn | 2 | FastAPI |" in out

@@ -1,0 +1,113 @@
+"""Requests/s and latency over HTTP: asgi_host vs FastAPI vs the bare floor, under three servers.
+
+    python -m bench.http                         # -c 1 32, 6 s per cell
+    python -m bench.http -c 1 8 32 64 -d 10 --servers hypercorn uvicorn
+
+Each (server, app) pair runs in its own process on 127.0.0.1 and is loaded by
+wrk (Debian: `apt-get install wrk`) with one JSON Iris row per request. Apps:
+asgi_host (`examples.app:app`, metrics and batching off), FastAPI written the
+way its docs teach (`bench.peers:fastapi_app`) and a bare ASGI app answering a
+constant (`bench.peers:bare_app`). Ratios are computed within one server in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.batching import wrk
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
+APPS = {"asgi_host": "examples.app:app", "FastAPI": "bench.peers:fastapi_app", "bare": "bench.peers:bare_app"}
+
+
+def command(server: str, app: str, port: int) -> list[str]:
+    if server == "hypercorn":
+        return [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
+    if server == "uvicorn":
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        app,
+    ]
+
+
+def serve(server: str, app: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "IRIS_BATCHING": "off", "IRIS_METRICS": "false"}
+    process = subprocess.Popen(
+        command(server, app, port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(f"http://127.0.0.1:{port}/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}, timeout=1)
+            return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{server} {app} did not answer")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="asgi_host vs FastAPI vs bare, over HTTP, with wrk")
+    parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("-d", "--seconds", type=int, default=6)
+    parser.add_argument("--servers", nargs="+", default=["hypercorn", "uvicorn", "granian"])
+    parser.add_argument("--port", type=int, default=8797)
+    args = parser.parse_args()
+    print("| server | clients | app | req/s | p50 ms | p99 ms | / bare req/s | asgi_host / FastAPI |")
+    print("|---|---|---|---|---|---|---|---|")
+    for server in args.servers:
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for name, app in APPS.items():
+            process = serve(server, app, args.port)
+            try:
+                wrk(args.port, 8, 2, SCRIPT, "/predict")  # warm up
+                for c in args.connections:
+                    results[name, c] = wrk(args.port, c, args.seconds, SCRIPT, "/predict")
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+        for c in args.connections:
+            bare = results["bare", c]["rps"]
+            ours_vs_fastapi = results["asgi_host", c]["rps"] / results["FastAPI", c]["rps"]
+            for name in APPS:
+                r = results[name, c]
+                extra = f"{ours_vs_fastapi:.2f}x" if name == "asgi_host" else ""
+                print(
+                    f"| {server} | {c} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                    f"{r['rps'] / bare:.2f} | {extra} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
