@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from asgi_host import Host, HTTPError, LifespanPhase, Request, Response, Route
@@ -247,3 +247,37 @@ async def test_cuda_memory_returns_to_baseline_after_shutdown() -> None:
         await handle.run(lambda module: module(torch.zeros(8, 4096, device="cuda")).sum().item())
     assert torch.cuda.memory_allocated() == baseline
     assert torch.cuda.memory_reserved() == 0
+
+
+class WithScratch(nn.Module):
+    """A non-persistent buffer: not in the weights file, so a meta build cannot be used as is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.register_buffer("scale", torch.full((3,), 2.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.linear(x) * self.scale
+        return out
+
+
+async def test_a_buffer_missing_from_the_weights_falls_back_to_a_real_build(tmp_path: Path) -> None:
+    trained = WithScratch()
+    path = tmp_path / "scratch.safetensors"
+    save_file(dict(trained.state_dict()), str(path))
+    async with LifespanDriver(host_with(TorchModel(WithScratch, path))) as lifespan:
+        module = lifespan.state["model"].module
+        assert not module.scale.is_meta
+        assert torch.equal(module.scale, torch.full((3,), 2.0))
+        x = torch.ones(1, 4)
+        with torch.inference_mode():
+            assert torch.allclose(module(x), trained(x))
+
+
+def test_weights_become_the_parameters_without_a_copy(tmp_path: Path) -> None:
+    # The meta build + assign path: parameters are the loaded tensors, not random init.
+    module = TorchModel(IrisMLP, WEIGHTS).load()[0]
+    assert not any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+    reference = load_file(str(WEIGHTS))
+    assert all(torch.equal(v, reference[k]) for k, v in module.state_dict().items())
