@@ -2,6 +2,7 @@
 
     python -m bench.http                         # -c 1 32, 6 s per cell
     python -m bench.http -c 1 8 32 64 -d 10 --servers hypercorn uvicorn
+    python -m bench.http --litserve              # also LitServe (pip install litserve)
 
 Each (server, app) pair runs in its own process on 127.0.0.1 and is loaded by
 wrk (Debian: `apt-get install wrk`) with one JSON Iris row per request. Apps:
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,8 +65,14 @@ def command(server: str, app: str, port: int) -> list[str]:
 
 def serve(server: str, app: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "IRIS_BATCHING": "off", "IRIS_METRICS": "false"}
+    argv = (
+        [sys.executable, "-m", "bench.litserve_iris", str(port)]
+        if server == "litserve"
+        else command(server, app, port)
+    )
+    # A session of its own, so stop() also ends the worker processes LitServe spawns.
     process = subprocess.Popen(
-        command(server, app, port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -73,8 +81,19 @@ def serve(server: str, app: str, port: int) -> subprocess.Popen[bytes]:
             return process
         except httpx.TransportError:
             time.sleep(0.1)
-    process.kill()
+    stop(process)
     raise RuntimeError(f"{server} {app} did not answer")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
 
 
 def main() -> None:
@@ -83,6 +102,9 @@ def main() -> None:
     parser.add_argument("-d", "--seconds", type=int, default=6)
     parser.add_argument("--servers", nargs="+", default=["hypercorn", "uvicorn", "granian"])
     parser.add_argument("--port", type=int, default=8797)
+    parser.add_argument(
+        "--litserve", action="store_true", help="also LitServe on its own server (pip install litserve)"
+    )
     args = parser.parse_args()
     print("| server | clients | app | req/s | p50 ms | p99 ms | / bare req/s | asgi_host / FastAPI |")
     print("|---|---|---|---|---|---|---|---|")
@@ -95,8 +117,7 @@ def main() -> None:
                 for c in args.connections:
                     results[name, c] = wrk(args.port, c, args.seconds, SCRIPT, "/predict")
             finally:
-                process.terminate()
-                process.wait(timeout=30)
+                stop(process)
         for c in args.connections:
             bare = results["bare", c]["rps"]
             ours_vs_fastapi = results["asgi_host", c]["rps"] / results["FastAPI", c]["rps"]
@@ -107,6 +128,20 @@ def main() -> None:
                     f"| {server} | {c} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                     f"{r['rps'] / bare:.2f} | {extra} |"
                 )
+    if args.litserve:
+        process = serve("litserve", "", args.port)
+        try:
+            wrk(args.port, 8, 2, SCRIPT, "/predict")  # warm up
+            for c in args.connections:
+                r = wrk(args.port, c, args.seconds, SCRIPT, "/predict")
+                print(
+                    f"| litserve (its uvicorn) | {c} | LitServe | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+                    f"{r['p99_ms']:.2f} | | |"
+                )
+        finally:
+            stop(process)
+            # LitServe forks workers that leave the process group: end them by their command line.
+            subprocess.run(["pkill", "-TERM", "-f", f"bench.litserve_iris {args.port}"], check=False)
 
 
 if __name__ == "__main__":
