@@ -27,6 +27,7 @@ import anyio
 import msgspec
 import torch
 
+from asgi_host.testing import LifespanDriver
 from bench import peers
 from examples.app import IrisConfig, make_app
 
@@ -36,31 +37,14 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 
 @asynccontextmanager
 async def running(app: Any) -> AsyncIterator[tuple[dict[str, Any], float]]:
-    """Drive the app's lifespan with raw messages; yield its state and the seconds to ready."""
-    state: dict[str, Any] = {}
-    pending = [{"type": "lifespan.startup"}]
-    ready = anyio.Event()
-    stop = anyio.Event()
+    """Run the app's lifespan with the test kit's driver; yield its state and the seconds to ready.
+
+    A startup failure raises `LifespanFailed` with the app's message instead of hanging the bench.
+    """
+    driver = LifespanDriver(app, startup_timeout_s=600, shutdown_timeout_s=600)
     started = time.perf_counter()
-    ready_after = 0.0
-
-    async def receive() -> dict[str, Any]:
-        if pending:
-            return pending.pop()
-        await stop.wait()
-        return {"type": "lifespan.shutdown"}
-
-    async def send(message: Any) -> None:
-        nonlocal ready_after
-        if message["type"] == "lifespan.startup.complete":
-            ready_after = time.perf_counter() - started
-            ready.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(app, {"type": "lifespan", "state": state}, receive, send)
-        await ready.wait()
-        yield state, ready_after
-        stop.set()
+    async with driver:
+        yield driver.state, time.perf_counter() - started
 
 
 async def startup_seconds(repeats: int) -> list[float]:
