@@ -10,6 +10,7 @@ hundreds of MB), only `tokenizers` for the WordPiece tokenizer.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,12 @@ class MiniLM(nn.Module):
         return F.normalize(pooled, p=2, dim=1)
 
 
+@functools.cache
 def load_tokenizer(max_tokens: int = 256) -> Any:
-    """The WordPiece tokenizer shipped with the model, truncating to `max_tokens` and padding."""
+    """The WordPiece tokenizer shipped with the model, truncating to `max_tokens` and padding.
+
+    Cached: the tokenizer resource and the model's warmup share one (encoding is thread-safe).
+    """
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
