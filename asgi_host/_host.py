@@ -302,12 +302,14 @@ class Host:
             raise ValueError(f"asgi_host.Host cannot handle scope type {kind!r}")
 
     def _request_state(self, scope: Scope) -> State:
-        server_state = scope.get("state")
-        if self._server_copies_state and isinstance(server_state, dict):
-            return server_state
-        # No state from the server (it lacks support, or the host was started
-        # some other way): give handlers and sub-apps a copy, as servers do.
-        state: State = dict(server_state) if isinstance(server_state, Mapping) else {}
+        given = scope.get("state")
+        if isinstance(given, dict) and self._server_copies_state and self._stack.state.keys() <= given.keys():
+            return given
+        # No state from the server, or not ours (it lacks support, the host was
+        # started some other way, or, as Ray Serve does, the request carries the
+        # proxy's state and not the replica's): give handlers and sub-apps a
+        # copy with ours in it, as servers do.
+        state: State = dict(given) if isinstance(given, Mapping) else {}
         state.update(self._stack.state)
         scope["state"] = state
         return state

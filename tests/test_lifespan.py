@@ -231,6 +231,21 @@ async def test_without_server_state_handlers_get_the_hosts_state() -> None:
     assert result.json() == {"model": "iris"}
 
 
+async def test_a_foreign_state_in_requests_still_gets_the_hosts_state() -> None:
+    # Ray Serve runs the lifespan with uvicorn's LifespanOn (a state dict of its
+    # own) but forwards requests with the proxy's state, which is empty.
+    events: list[str] = []
+
+    async def show(request: Request) -> Response:
+        return Response.json(request.state)
+
+    host = Host(resources=[tracked("a", events, value={"model": "iris"})], routes=[Route("/s", show)])
+    async with LifespanDriver(host) as lifespan:
+        assert lifespan.state == {"model": "iris"}
+        result = await lifespan.request("GET", "/s", state={"proxy": 1})
+    assert result.json() == {"proxy": 1, "model": "iris"}
+
+
 async def test_state_key_collision_fails_startup() -> None:
     events: list[str] = []
     host = Host(resources=[tracked("a", events, value={"k": 1}), tracked("b", events, value={"k": 2})])
