@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned, so pip keeps the local CPU build (see constraints.txt)
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,embed,test,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,embed,ray,test,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
