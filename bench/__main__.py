@@ -4,6 +4,7 @@ python -m bench quick                 # every benchmark, short, in about 2 minut
 python -m bench predict [args]        # in-process and HTTP cost of /predict vs FastAPI and the floor
 python -m bench batching [args]       # batching off vs on under hypercorn (needs wrk)
 python -m bench startup [args]        # time to ready vs weights size
+python -m bench ray [args]            # Iris on Ray Serve, 1 vs 2 replicas (needs the ray extra and wrk)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMANDS = {
     "batching": "bench.batching",
     "startup": "bench.startup",
     "gpu": "bench.gpu",
+    "ray": "bench.ray_replicas",
 }
 
 QUICK = [

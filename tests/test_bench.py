@@ -55,3 +55,11 @@ def test_http_comparison_one_server() -> None:
     out = bench("http", "-c", "2", "-d", "1", "--servers", "uvicorn")
     assert "| uvicorn | 2 | asgi_host |" in out
     assert "| uvicorn | 2 | FastAPI |" in out
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_ray_replicas_one_replica() -> None:
+    pytest.importorskip("ray.serve")
+    out = bench("ray", "-c", "2", "-d", "1", "--replicas", "1", "--no-hypercorn")
+    assert "| Ray Serve, 1 replica | 2 |" in out
+    assert "serve.run to ready" in out
