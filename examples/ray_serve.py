@@ -3,7 +3,7 @@
     pip install 'asgi_host[ray]'                  # Ray Serve >= 2.56
     serve run examples.ray_serve:app              # Iris, 2 replicas, on a local Ray
     serve run examples.ray_serve:build replicas=1 model=embed
-    python -m examples.ray_serve --replicas 2     # the same, loopback only, Ctrl-C stops it
+    python -m examples.ray_serve --replicas 2     # the same, loopback only; Ctrl-C or SIGTERM stops it
 
     curl -X POST localhost:8000/predict -H 'content-type: application/json' \\
          -d '{"inputs":[[5.1,3.5,1.4,0.2]]}'
@@ -25,6 +25,7 @@ every batch at 5 requests): it is the replica's concurrency, so the batch size.
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from typing import Any
 
@@ -121,6 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     import ray
     from ray import serve
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM (a container stop) both shut Serve down gracefully.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
@@ -137,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()  # graceful: each replica runs lifespan.shutdown
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C kills at once
+        print("stopping: each replica drains and runs lifespan.shutdown", flush=True)
+        serve.shutdown()
         ray.shutdown()
 
 
