@@ -3,7 +3,7 @@
 `recorded` wraps a host so each replica writes what its lifespan did to a
 file of its own (replicas are other processes, and shutdown happens after
 the last request, so a file is the only witness), and tags each response with
-the replica's pid.
+the replica's pid; each request is recorded when it reaches the replica.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class Recorded:
             await self.host(scope, receive, send)
             return
 
+        self._write("request", path=scope["path"])
+
         async def tagged(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {
@@ -76,3 +78,11 @@ class Recorded:
 
 def recorded_iris(events_dir: str, config: IrisConfig) -> Recorded:
     return Recorded(make_app(config), events_dir)
+
+
+def recorded_slow(events_dir: str) -> Recorded:
+    """Iris whose forward pass takes 0.3 s, batched: requests are still running when Ray stops it."""
+    from asgi_host import Batching
+    from tests.apps import _predict_app
+
+    return Recorded(_predict_app(background=False, batching=Batching(max_batch_rows=4)), events_dir)

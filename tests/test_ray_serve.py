@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,12 +84,14 @@ def serve_url() -> Iterator[str]:
         ray.shutdown()
 
 
-def _events(directory: Path) -> dict[int, list[dict[str, Any]]]:
+def _events(directory: Path, *, requests: bool = False) -> dict[int, list[dict[str, Any]]]:
+    """Each replica's recorded events by pid: lifespan only, or with requests."""
     by_pid: dict[int, list[dict[str, Any]]] = {}
     for path in directory.glob("*.jsonl"):
         for line in path.read_text().splitlines():
             event = json.loads(line)
-            by_pid.setdefault(event["pid"], []).append(event)
+            if requests or event["event"] != "request":
+                by_pid.setdefault(event["pid"], []).append(event)
     return by_pid
 
 
@@ -218,3 +221,40 @@ def test_the_example_deployment_serves_and_stops(serve_url: str) -> None:
         too_big = client.post("/predict", content=b"[" * (2 * 1024 * 1024))
         assert too_big.status_code == 413
     serve.delete("example")
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_requests_in_flight_finish_before_the_replica_shuts_down(serve_url: str, tmp_path: Path) -> None:
+    from ray import serve
+
+    from asgi_host.ray_serve import deployment
+    from tests.ray_apps import recorded_slow
+
+    options = {"max_ongoing_requests": 16, "graceful_shutdown_wait_loop_s": 0.2}
+    app = deployment(recorded_slow, name="slow", num_replicas=1, **options).bind(str(tmp_path))
+    serve.run(app, name="slow", route_prefix="/slow")
+    results: list[int] = []
+
+    def post() -> None:
+        response = httpx.post(f"{serve_url}/slow/predict", json={"inputs": [SETOSA]}, timeout=60)
+        results.append(response.status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # all 8 inside the replica (two batches of 4 take 0.6 s)
+        arrived = [
+            e for log in _events(tmp_path, requests=True).values() for e in log if e["event"] == "request"
+        ]
+        if len(arrived) == 8:
+            break
+        time.sleep(0.01)
+    serve.delete("slow")  # Ray drains: the 8 finish, then lifespan.shutdown
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results) == [200] * 8
+    (log,) = _events(tmp_path).values()
+    assert [e["event"] for e in log] == ["startup", "shutdown"]
+    assert log[1]["model_released"]
