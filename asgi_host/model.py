@@ -101,22 +101,33 @@ def release_cuda_memory() -> None:
         torch.cuda.ipc_collect()  # type: ignore[no-untyped-call]
 
 
+INLINE_WARN_S = 0.001  # an inline forward pass longer than this blocks the loop too long
+
+
 class ModelHandle:
     """What a `TorchModel` yields into the state: the way to run the model.
 
     Handlers call `await handle.run(fn, *args)`; `fn(module, *args)` runs in a
     worker thread under `torch.inference_mode()`, at most `max_concurrency` at
-    a time. The handle counts passes in flight so shutdown can wait for them,
+    a time (or, with `inline=True`, on the event loop itself: see `TorchModel`).
+    The handle counts passes in flight so shutdown can wait for them,
     and it is the only holder of the module, so dropping it frees the weights
     even if request scopes still hold (copies of) the state.
     """
 
     def __init__(
-        self, module: nn.Module, device: torch.device, dtype: torch.dtype, max_concurrency: int
+        self,
+        module: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_concurrency: int,
+        *,
+        inline: bool = False,
     ) -> None:
         self._module: nn.Module | None = module
         self.device = device
         self.dtype = dtype
+        self.inline = inline
         self._limiter = anyio.CapacityLimiter(max_concurrency)
         self._in_flight = 0
         self._idle = anyio.Event()
@@ -139,10 +150,15 @@ class ModelHandle:
         return self._module
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(module, *args)` off the event loop; 503 once shutdown has begun."""
+        """Run `fn(module, *args)` off the event loop (on it when inline); 503 once shutdown has begun."""
         if self._closing:
             raise HTTPError(503, "the model is shutting down", headers=[("retry-after", "1")])
         module = self.module
+        if self.inline:
+            # No await: nothing else runs on the loop meanwhile, so nothing to count.
+            result = self._call(fn, module, args)
+            self.forward_passes += 1
+            return result
         self._in_flight += 1
         self._idle = anyio.Event() if self._in_flight == 1 else self._idle
         try:
@@ -183,6 +199,12 @@ class TorchModel(Resource):
       `"cuda:1"`); `dtype` optionally casts floating-point weights.
     - `warmup`: an input tensor or a `fn(module)` run once after loading.
     - Loading runs in a worker thread; the event loop keeps serving.
+    - Forward passes run in worker threads (`max_concurrency` at a time).
+      `inline=True` runs them on the event loop instead: for models whose
+      forward pass takes well under a millisecond, where the thread hop
+      (85-130 us) costs more than the pass. Each pass then blocks every other
+      request for its duration; a warning is logged at startup when a
+      warmup pass (best of three after the first) takes over 1 ms.
     - Shutdown refuses new passes (503), waits for passes in flight, drops the
       module, collects garbage and, on CUDA, synchronizes, empties the cache
       and collects IPC memory, logging memory before and after.
@@ -198,8 +220,10 @@ class TorchModel(Resource):
         dtype: torch.dtype | None = None,
         warmup: torch.Tensor | Callable[[nn.Module], object] | None = None,
         max_concurrency: int = 1,
+        inline: bool = False,
     ) -> None:
         assert max_concurrency >= 1, "max_concurrency must be at least 1"
+        self.inline = inline
         self.build = build
         self.weights = Path(weights) if weights is not None else None
         self.device = device
@@ -216,7 +240,7 @@ class TorchModel(Resource):
         # Abandoned on cancellation: a startup timeout must not wait for a
         # 2-minute load to finish; the process is about to fail anyway.
         module, device, dtype = await anyio.to_thread.run_sync(self.load, report, abandon_on_cancel=True)
-        handle = ModelHandle(module, device, dtype, self.max_concurrency)
+        handle = ModelHandle(module, device, dtype, self.max_concurrency, inline=self.inline)
         del module
         try:
             yield handle
@@ -265,6 +289,17 @@ class TorchModel(Resource):
         stage("warmup", 0.9)
         warmup_s = self._warm(module, device)
         self.last_load_s = time.perf_counter() - started
+        if self.inline and self.warmup is not None:
+            # The first pass paid for lazy initialisation; the best of three more is
+            # what requests will see (the slower ones are the machine's noise).
+            pass_s = min(self._warm(module, device) for _ in range(3))
+            if pass_s > INLINE_WARN_S:
+                logger.warning(
+                    "inline=True but a forward pass of %s took %.1f ms: each one blocks the event loop (and "
+                    "every other request) that long; use inline=False (the default) for this model",
+                    type(module).__name__,
+                    pass_s * 1e3,
+                )
         params = sum(p.numel() for p in module.parameters())
         memory = cuda_memory(device) if device.type == "cuda" else {}
         logger.info(

@@ -13,6 +13,7 @@ Over HTTP, one keep-alive client sends requests one after another to
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -106,6 +107,9 @@ async def measure_in_process(n: int) -> dict[str, float]:
         results["asgi_host json, 150 rows"] = await in_process(
             app, state, batch, b"application/json", max(n // 10, 100)
         )
+    inline = make_app(IrisConfig(metrics=False, inline=True))
+    async with running(inline) as (state, _):
+        results["inline json, 1 row"] = await in_process(inline, state, one_row, b"application/json", n)
     async with running(peers.fastapi_app) as (state, _):
         results["FastAPI json, 1 row"] = await in_process(
             peers.fastapi_app, state, one_row, b"application/json", n
@@ -117,12 +121,14 @@ async def measure_in_process(n: int) -> dict[str, float]:
     return results
 
 
-def measure_http(n: int, port: int) -> dict[str, float]:
+def measure_http(n: int, port: int, env: dict[str, str]) -> dict[str, float]:
     import httpx
 
     command = [sys.executable, "-m", "hypercorn", "examples.app:app", "--bind", f"127.0.0.1:{port}"]
     spawned = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         url = f"http://127.0.0.1:{port}/predict"
         deadline = time.monotonic() + 60
@@ -179,16 +185,18 @@ def main() -> None:
         for name, seconds in results.items():
             print(f"in-process {backend:7s} {name:26s} {seconds * 1e6:8.1f} us/request")
         ours, fastapi = results["asgi_host json, 1 row"], results["FastAPI json, 1 row"]
+        inline, floor = results["inline json, 1 row"], results["bare ASGI constant"]
         print(
-            f"in-process {backend:7s} FastAPI / asgi_host: {fastapi / ours:.2f}x, "
-            f"asgi_host / bare floor: {ours / results['bare ASGI constant']:.1f}x"
+            f"in-process {backend:7s} FastAPI / asgi_host: {fastapi / ours:.2f}x"
+            f" (inline: {fastapi / inline:.2f}x), asgi_host / bare floor: {ours / floor:.1f}x"
         )
     if not args.no_http:
-        http = measure_http(args.http_n, args.port)
-        print(
-            "hypercorn, 1 keep-alive client, json 1 row: "
-            + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in http.items())
-        )
+        for label, env in (("threaded", {}), ("inline", {"IRIS_INLINE": "true"})):
+            http = measure_http(args.http_n, args.port, {"IRIS_METRICS": "false", **env})
+            print(
+                f"hypercorn, 1 keep-alive client, json 1 row, {label}: "
+                + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in http.items())
+            )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,50 @@ async def test_loads_safetensors_and_runs_off_the_loop() -> None:
     assert ran_in
     assert ran_in[0] != loop_thread
     assert handle.forward_passes == 1
+
+
+async def test_inline_runs_on_the_loop_and_still_refuses_after_shutdown() -> None:
+    loop_thread = threading.get_ident()
+    ran_in: list[int] = []
+
+    def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        ran_in.append(threading.get_ident())
+        assert torch.is_inference_mode_enabled()
+        result: torch.Tensor = module(x)
+        return result
+
+    async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, device="cpu", inline=True))) as lifespan:
+        handle: ModelHandle = lifespan.state["model"]
+        logits = await handle.run(forward, torch.tensor([[5.1, 3.5, 1.4, 0.2]]))
+        assert handle.inline
+        assert handle.in_flight == 0
+    assert logits.argmax().item() == 0
+    assert ran_in == [loop_thread]
+    assert handle.forward_passes == 1
+    with pytest.raises(HTTPError) as refused:
+        await handle.run(forward, torch.zeros(1, 4))
+    assert refused.value.status == 503
+
+
+class _SlowForward(IrisMLP):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.003)
+        return super().forward(x)
+
+
+async def test_inline_warns_when_a_forward_pass_is_too_slow_for_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for model_cls, inline, warned in (
+        (_SlowForward, True, True),
+        (_SlowForward, False, False),
+        (IrisMLP, True, False),
+    ):
+        caplog.clear()
+        model = TorchModel(model_cls, WEIGHTS, device="cpu", inline=inline, warmup=torch.zeros(1, 4))
+        async with LifespanDriver(host_with(model)):
+            pass
+        assert ("blocks the event loop" in caplog.text) is warned, (model_cls, inline)
 
 
 async def test_loads_a_state_dict_with_weights_only(tmp_path: Path) -> None:

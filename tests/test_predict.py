@@ -21,9 +21,11 @@ pytestmark = pytest.mark.anyio
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
-@pytest.fixture
-async def iris() -> AsyncIterator[LifespanDriver]:
-    async with LifespanDriver(make_app(IrisConfig(max_rows=200))) as lifespan:
+@pytest.fixture(params=[False, True], ids=["threaded", "inline"])
+async def iris(request: pytest.FixtureRequest) -> AsyncIterator[LifespanDriver]:
+    """The default app, with forward passes in a thread and inline on the loop: same answers."""
+    async with LifespanDriver(make_app(IrisConfig(max_rows=200, inline=request.param))) as lifespan:
+        assert lifespan.state["model"].inline is request.param
         yield lifespan
 
 
