@@ -6,7 +6,8 @@
 
 Each (server, app) pair runs in its own process on 127.0.0.1 and is loaded by
 wrk (Debian: `apt-get install wrk`) with one JSON Iris row per request. Apps:
-asgi_host (`examples.app:app`, metrics and batching off), FastAPI written the
+asgi_host (`examples.app:app`, metrics and batching off; threaded and with
+`IRIS_INLINE=true`), FastAPI written the
 way its docs teach (`bench.peers:fastapi_app`) and a bare ASGI app answering a
 constant (`bench.peers:bare_app`). Ratios are computed within one server in one run.
 """
@@ -27,7 +28,13 @@ from bench.batching import wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
-APPS = {"asgi_host": "examples.app:app", "FastAPI": "bench.peers:fastapi_app", "bare": "bench.peers:bare_app"}
+# name: (ASGI app, extra environment)
+APPS: dict[str, tuple[str, dict[str, str]]] = {
+    "asgi_host": ("examples.app:app", {}),
+    "asgi_host inline": ("examples.app:app", {"IRIS_INLINE": "true"}),
+    "FastAPI": ("bench.peers:fastapi_app", {}),
+    "bare": ("bench.peers:bare_app", {}),
+}
 
 
 def command(server: str, app: str, port: int) -> list[str]:
@@ -63,8 +70,10 @@ def command(server: str, app: str, port: int) -> list[str]:
     ]
 
 
-def serve(server: str, app: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "IRIS_BATCHING": "off", "IRIS_METRICS": "false"}
+def serve(
+    server: str, app: str, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "IRIS_BATCHING": "off", "IRIS_METRICS": "false", **(extra_env or {})}
     argv = (
         [sys.executable, "-m", "bench.litserve_iris", str(port)]
         if server == "litserve"
@@ -110,8 +119,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for server in args.servers:
         results: dict[tuple[str, int], dict[str, float]] = {}
-        for name, app in APPS.items():
-            process = serve(server, app, args.port)
+        for name, (app, env) in APPS.items():
+            process = serve(server, app, args.port, env)
             try:
                 wrk(args.port, 8, 2, SCRIPT, "/predict")  # warm up
                 for c in args.connections:
@@ -120,10 +129,10 @@ def main() -> None:
                 stop(process)
         for c in args.connections:
             bare = results["bare", c]["rps"]
-            ours_vs_fastapi = results["asgi_host", c]["rps"] / results["FastAPI", c]["rps"]
+            fastapi = results["FastAPI", c]["rps"]
             for name in APPS:
                 r = results[name, c]
-                extra = f"{ours_vs_fastapi:.2f}x" if name == "asgi_host" else ""
+                extra = f"{r['rps'] / fastapi:.2f}x" if name.startswith("asgi_host") else ""
                 print(
                     f"| {server} | {c} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                     f"{r['rps'] / bare:.2f} | {extra} |"
@@ -140,8 +149,16 @@ def main() -> None:
                 )
         finally:
             stop(process)
-            # LitServe forks workers that leave the process group: end them by their command line.
-            subprocess.run(["pkill", "-TERM", "-f", f"bench.litserve_iris {args.port}"], check=False)
+            # LitServe forks workers that leave the process group: end them by their command line,
+            # and wait for them to exit (they take seconds; SIGKILL after 10 s) so nothing outlives the bench.
+            pattern = f"bench.litserve_iris {args.port}"
+            subprocess.run(["pkill", "-TERM", "-f", pattern], check=False)
+            deadline = time.monotonic() + 10
+            while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
+                if time.monotonic() > deadline:
+                    subprocess.run(["pkill", "-KILL", "-f", pattern], check=False)
+                    break
+                time.sleep(0.2)
 
 
 if __name__ == "__main__":
