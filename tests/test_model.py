@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,25 @@ async def start_and_get_handle(model: TorchModel) -> tuple[ModelHandle, str, tor
         return handle, device, next(module.parameters()).dtype
 
 
+def _recording_forward(ran_in: list[int]) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """A forward pass that records the thread it ran in and checks inference mode."""
+
+    def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        ran_in.append(threading.get_ident())
+        assert torch.is_inference_mode_enabled()
+        result: torch.Tensor = module(x)
+        return result
+
+    return forward
+
+
 async def test_loads_safetensors_and_runs_off_the_loop() -> None:
     loop_thread = threading.get_ident()
     async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, device="cpu"))) as lifespan:
         handle: ModelHandle = lifespan.state["model"]
         assert not handle.module.training
         ran_in: list[int] = []
-
-        def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            ran_in.append(threading.get_ident())
-            assert torch.is_inference_mode_enabled()
-            result: torch.Tensor = module(x)
-            return result
-
-        logits = await handle.run(forward, torch.tensor([[5.1, 3.5, 1.4, 0.2]]))
+        logits = await handle.run(_recording_forward(ran_in), torch.tensor([[5.1, 3.5, 1.4, 0.2]]))
     assert logits.argmax().item() == 0  # setosa
     assert ran_in
     assert ran_in[0] != loop_thread
@@ -60,13 +66,7 @@ async def test_loads_safetensors_and_runs_off_the_loop() -> None:
 async def test_inline_runs_on_the_loop_and_still_refuses_after_shutdown() -> None:
     loop_thread = threading.get_ident()
     ran_in: list[int] = []
-
-    def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        ran_in.append(threading.get_ident())
-        assert torch.is_inference_mode_enabled()
-        result: torch.Tensor = module(x)
-        return result
-
+    forward = _recording_forward(ran_in)
     async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, device="cpu", inline=True))) as lifespan:
         handle: ModelHandle = lifespan.state["model"]
         logits = await handle.run(forward, torch.tensor([[5.1, 3.5, 1.4, 0.2]]))
