@@ -51,6 +51,9 @@ def load_app(target: str) -> ASGIApp:
     obj: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         obj = getattr(obj, part)
+    if not callable(obj):
+        kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        raise SystemExit(f"{target} is a {kind}, not an ASGI app (an async callable of scope, receive, send)")
     return obj  # type: ignore[no-any-return]
 
 

@@ -73,6 +73,13 @@ def test_bad_target_is_a_usage_error() -> None:
     assert "expected MODULE:APP" in result.stderr
 
 
+def test_a_target_that_is_not_callable_is_named() -> None:
+    # Such as a Ray Serve Application (examples.ray_serve:app), which `serve run` takes instead.
+    result = run_check("examples.iris:LABELS")
+    assert result.returncode != 0
+    assert "examples.iris:LABELS is a builtins.tuple, not an ASGI app" in result.stderr
+
+
 @pytest.mark.anyio
 async def test_check_in_process_on_both_backends() -> None:
     report = await check(make_app(IrisConfig(metrics=False)), "iris", timeout_s=30)
