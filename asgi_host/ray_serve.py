@@ -29,16 +29,20 @@ See docs/deploy.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._batching import Batcher
 from ._health import Readiness
 from ._types import ASGIApp
 
 if TYPE_CHECKING:
     from ray.serve import Deployment
 
-__all__ = ["ReplicaUnhealthy", "deployment", "replica_health"]
+__all__ = ["ReplicaUnhealthy", "batching_advice", "deployment", "replica_health"]
+
+logger = logging.getLogger("asgi_host")
 
 
 class ReplicaUnhealthy(RuntimeError):
@@ -65,6 +69,36 @@ def replica_health(app: object) -> str | None:
     if state.status == "not started":
         return f"the host has not started: {state.reason}"
     return None
+
+
+def batching_advice(app: object, max_ongoing_requests: int) -> str | None:
+    """A warning when Ray lets fewer requests into a replica than one of the host's batches holds.
+
+    Ray Serve admits at most `max_ongoing_requests` (default 5) requests into a
+    replica at a time, so the host's batcher never sees more than that many
+    one-row requests together, whatever its `max_batch_rows`.
+    """
+    for resource in getattr(app, "resources", ()):
+        if isinstance(resource, Batcher) and resource.settings.max_batch_rows > max_ongoing_requests:
+            rows = resource.settings.max_batch_rows
+            return (
+                f"Ray Serve's max_ongoing_requests={max_ongoing_requests} admits at most that many requests "
+                f"into this replica, so batcher {resource.name!r} (max_batch_rows={rows}) never batches more "
+                f"than {max_ongoing_requests} one-row requests: raise max_ongoing_requests to at least {rows}"
+            )
+    return None
+
+
+def _max_ongoing_requests() -> int | None:
+    """This replica's `max_ongoing_requests`, from Ray's replica context (None when unknown)."""
+    try:
+        from ray import serve
+
+        config = getattr(serve.get_replica_context(), "_deployment_config", None)
+    except Exception:  # not in a replica, or Ray changed its private fields: skip the advice
+        return None
+    limit = getattr(config, "max_ongoing_requests", None)
+    return limit if isinstance(limit, int) else None
 
 
 def deployment(builder: Callable[..., ASGIApp], *, name: str | None = None, **options: Any) -> Deployment:
@@ -94,6 +128,10 @@ def deployment(builder: Callable[..., ASGIApp], *, name: str | None = None, **op
             if not callable(app):
                 raise TypeError(f"{_label(builder)} returned {app!r}, which is not an ASGI app")
             self.asgi_app = app
+            limit = _max_ongoing_requests()
+            advice = batching_advice(app, limit) if limit is not None else None
+            if advice is not None:
+                logger.warning(advice)
             return app
 
         async def check_health(self) -> None:

@@ -21,10 +21,10 @@ import httpx
 import msgspec
 import pytest
 
-from asgi_host import Host, Route
-from asgi_host.ray_serve import replica_health
+from asgi_host import Batching, Host, Route
+from asgi_host.ray_serve import batching_advice, replica_health
 from asgi_host.testing import LifespanDriver
-from examples.app import IrisConfig
+from examples.app import IrisConfig, make_app
 from tests._server import ROOT, free_port
 from tests._wait import until
 from tests.apps import broken_model
@@ -58,6 +58,18 @@ async def test_replica_health_maps_readiness() -> None:
     ready = Host()
     async with LifespanDriver(ready):
         assert replica_health(ready) is None
+
+
+def test_batching_advice_when_ray_admits_fewer_requests_than_a_batch() -> None:
+    batched = make_app(IrisConfig(metrics=False, batching=Batching(max_batch_rows=64)))
+    advice = batching_advice(batched, 5)  # Ray's default max_ongoing_requests
+    assert advice is not None
+    assert "max_ongoing_requests=5" in advice
+    assert "max_batch_rows=64" in advice
+    assert "at least 64" in advice
+    assert batching_advice(batched, 64) is None
+    assert batching_advice(make_app(IrisConfig(metrics=False)), 5) is None  # no batcher
+    assert batching_advice(object(), 5) is None  # not a host
 
 
 # --- on a local Ray ---------------------------------------------------------------------------
