@@ -1,0 +1,94 @@
+"""`classifier_endpoint`: POST /predict for a model that maps feature rows to class logits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+import torch
+from torch import nn
+
+from ._batching import Batcher, Batching
+from ._errors import HTTPError
+from ._http import Request
+from ._structured import StructEndpoint
+
+if TYPE_CHECKING:
+    from .model import ModelHandle
+
+__all__ = ["ClassifierOutput", "classifier_endpoint"]
+
+
+class ClassifierOutput(msgspec.Struct):
+    """Class probabilities per row, and the most likely label per row."""
+
+    outputs: list[list[float]]
+    labels: list[str]
+
+
+def classifier_endpoint(
+    *,
+    labels: Sequence[str],
+    n_features: int,
+    model: str = "model",
+    max_rows: int = 1024,
+    max_body_bytes: int | None = None,
+    batching: Batching | None = None,
+) -> StructEndpoint[Any]:
+    """A `/predict` endpoint for a classifier that maps `n_features` floats to `len(labels)` logits.
+
+    Request `{"inputs": [[f, ...], ...]}`, answer `{"outputs": [[p, ...], ...], "labels": [...]}`.
+    Empty batches, rows of the wrong width and non-finite numbers are 422;
+    more than `max_rows` rows is 413. `model` is the state key of the handle.
+    With `batching`, concurrent requests share forward passes (see `Batching`);
+    the endpoint's batcher is in `endpoint.resources` and the host starts it.
+    """
+    assert n_features >= 1, "a classifier needs at least one feature"
+    assert labels, "a classifier needs labels"
+    label_list = list(labels)
+    row = Annotated[list[float], msgspec.Meta(min_length=n_features, max_length=n_features)]
+    request_type = msgspec.defstruct(
+        "PredictRequest",
+        [("inputs", Annotated[list[row], msgspec.Meta(min_length=1)])],
+        forbid_unknown_fields=True,
+    )
+
+    def forward(
+        module: nn.Module, inputs: list[list[float]], device: torch.device, dtype: torch.dtype
+    ) -> Any:
+        x = torch.tensor(inputs, dtype=dtype, device=device)
+        probabilities = torch.softmax(module(x).float(), dim=-1)
+        if probabilities.shape != (len(inputs), len(label_list)):
+            expected = (len(inputs), len(label_list))
+            raise RuntimeError(f"model returned shape {tuple(probabilities.shape)}, expected {expected}")
+        return probabilities.cpu().tolist()
+
+    async def run_rows(state: Mapping[str, Any], inputs: list[list[float]]) -> list[list[float]]:
+        handle: ModelHandle = state[model]
+        outputs: list[list[float]] = await handle.run(forward, inputs, handle.device, handle.dtype)
+        return outputs
+
+    batcher = Batcher(run_rows, batching, name=f"{model} batcher") if batching is not None else None
+
+    async def predict(body: Any, request: Request) -> ClassifierOutput:
+        inputs: list[list[float]] = body.inputs
+        if len(inputs) > max_rows:
+            raise HTTPError(413, f"{len(inputs)} rows is more than max_rows={max_rows}; split the batch")
+        _check_finite(inputs)
+        if batcher is not None:
+            outputs = await batcher.submit(inputs, request)
+        else:
+            outputs = await run_rows(request.state, inputs)
+        best = [label_list[max(range(len(row)), key=row.__getitem__)] for row in outputs]
+        return ClassifierOutput(outputs=outputs, labels=best)
+
+    resources = (batcher,) if batcher is not None else ()
+    return StructEndpoint(predict, request_type, max_body_bytes=max_body_bytes, resources=resources)
+
+
+def _check_finite(rows: list[list[float]]) -> None:
+    for i, values in enumerate(rows):
+        for j, value in enumerate(values):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise HTTPError(422, f"Expected a finite number, got {value}", path=f"$.inputs[{i}][{j}]")
