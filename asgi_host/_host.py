@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from ._detached import spawn_detached
 from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError
 from ._health import Readiness, readiness, refusal
 from ._http import Request, Response, error_response
+from ._lazy import LazyStart
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
 from ._propagation import SubAppLifespan, SubAppLifespanError, drive_lifespan
 from ._resources import Progress, Resource, ResourceStack, as_resource
@@ -126,10 +126,9 @@ class Host:
             self._add_probe(readyz_path, self._readyz)
         assert lazy_start in (None, "wait", "unavailable"), "lazy_start is None, 'wait' or 'unavailable'"
         self.lazy_start = lazy_start
-        self._lazy_scope: anyio.CancelScope | None = None
-        self._lazy_settled = anyio.Event()  # started, or failed to
-        self._lazy_stop = anyio.Event()
-        self._lazy_done = anyio.Event()
+        self._lazy = (
+            LazyStart(lazy_start, self.lifespan, self.readiness, startup_timeout_s) if lazy_start else None
+        )
         self.metrics = metrics
         if metrics is not None:
             self._add_probe(metrics.path, metrics.endpoint)
@@ -195,39 +194,10 @@ class Host:
     def resources(self) -> list[Resource]:
         return list(self._stack.resources)
 
-    async def _start_lazily(self) -> HTTPError | None:
-        """First request and no lifespan: start the resources once, then wait or refuse."""
-        if self._lazy_scope is None:
-            # Set before any await: concurrent first requests start it exactly once.
-            self._lazy_scope = anyio.CancelScope()
-            spawn_detached(self._run_lazily)
-        if self.lazy_start == "wait":
-            timeout_s = self._stack.startup_timeout_s
-            with anyio.move_on_after(math.inf if timeout_s is None else timeout_s):
-                await self._lazy_settled.wait()
-        state = self.readiness()
-        if state.status == "not started":
-            return HTTPError(503, "the host is starting", headers=[("retry-after", "1")])
-        return refusal(state)
-
-    async def _run_lazily(self) -> None:
-        assert self._lazy_scope is not None
-        try:
-            with self._lazy_scope:  # cancelled only when the event loop shuts down
-                async with self.lifespan():
-                    self._lazy_settled.set()
-                    await self._lazy_stop.wait()  # aclose(): a clean shutdown
-        except Exception:
-            logger.exception("lazy start of the host failed")  # readiness reports it too
-        finally:
-            self._lazy_settled.set()
-            self._lazy_done.set()
-
     async def aclose(self) -> None:
         """Shut down resources that a lazy start brought up (no-op otherwise). Idempotent."""
-        if self._lazy_scope is not None:
-            self._lazy_stop.set()
-            await self._lazy_done.wait()
+        if self._lazy is not None:
+            await self._lazy.aclose()
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[dict[str, Any]]:
@@ -359,7 +329,7 @@ class Host:
         if tracker.phase is LifespanPhase.STARTED and not tracker.loading and tracker.load_error is None:
             refused = None  # the common case, decided without building a readiness report
         elif tracker.phase is LifespanPhase.IDLE and self._stack.resources:
-            refused = await self._start_lazily() if self.lazy_start else _NOT_STARTED
+            refused = await self._lazy.admit() if self._lazy is not None else _NOT_STARTED
         else:
             refused = refusal(self.readiness())
         if refused is not None:
