@@ -2,6 +2,7 @@
 
     python -m bench.ray_replicas                         # -c 1 8 32, 10 s per cell
     python -m bench.ray_replicas -c 32 -d 5 --replicas 1 2 4 --cpus 0.5
+    python -m bench.ray_replicas --direct-ingress     # also straight to each replica's own port
 
 Needs the `ray` extra and `wrk`. The app is `examples.ray_serve.iris()`: the
 Iris host with its micro-batcher on, `max_ongoing_requests=64`. Ray runs
@@ -11,12 +12,19 @@ lifespan.startup), wrk at each concurrency through Ray's HTTP proxy, and the
 time `serve.delete` takes (Ray's drain, then lifespan.shutdown). The reference
 row is `hypercorn examples.app:app` (one process, batching on), measured first,
 before Ray starts, in the same run.
+
+`--direct-ingress` turns on Ray Serve's (experimental, 2.60) direct ingress:
+each replica also serves HTTP on a port of its own (30000 and up), found here
+by the host's `/livez`. Those rows load every replica's port at once with
+wrk (the clients split evenly; req/s summed, p50 averaged, p99 the worst), as
+a perfect L4 balancer in front of the replicas would.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -70,6 +78,43 @@ def _sweep(label: str, port: int, concurrency: list[int], seconds: int) -> list[
     return rows
 
 
+def _replica_ports(replicas: int) -> list[int]:
+    """The direct-ingress ports that answer the host's /livez (Ray takes them from 30000 up)."""
+    found = []
+    for port in range(30000, 30000 + 10 * replicas):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/livez", timeout=0.5).status_code == 200:
+                found.append(port)
+        except httpx.TransportError:
+            continue
+    assert len(found) == replicas, f"expected {replicas} direct-ingress ports, found {found}"
+    return found
+
+
+def _sweep_direct(label: str, ports: list[int], concurrency: list[int], seconds: int) -> list[dict[str, Any]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = []
+    for c in concurrency:
+        share = max(1, c // len(ports))
+        with ThreadPoolExecutor(len(ports)) as pool:
+            futures = [pool.submit(wrk, port, share, seconds, SCRIPT, "/predict") for port in ports]
+            parts = [future.result() for future in futures]
+        result = {
+            "rps": sum(p["rps"] for p in parts),
+            "p50_ms": sum(p["p50_ms"] for p in parts) / len(parts),
+            "p99_ms": max(p["p99_ms"] for p in parts),
+            "non_2xx": sum(p["non_2xx"] for p in parts),
+        }
+        print(
+            f"| {label} | {share * len(ports)} | {result['rps']:.0f} | {result['p50_ms']:.1f}"
+            f" | {result['p99_ms']:.1f} | {result['non_2xx']:.0f} |",
+            flush=True,
+        )
+        rows.append({"setup": label, "clients": share * len(ports), **result})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -78,6 +123,11 @@ def main() -> None:
     parser.add_argument("--cpus", type=float, default=1.0, help="num_cpus per replica")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--no-hypercorn", action="store_true", help="skip the hypercorn reference")
+    parser.add_argument(
+        "--direct-ingress",
+        action="store_true",
+        help="also load each replica's own HTTP port (Ray's direct ingress)",
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
 
@@ -93,6 +143,11 @@ def main() -> None:
         finally:
             _stop(process)
 
+    if args.direct_ingress:
+        # Read by Ray's processes at import, so set before Ray starts; a short draining
+        # period (default 30 s, for load balancers to notice) keeps serve.delete quick.
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
     import ray
     from ray import serve
 
@@ -111,6 +166,11 @@ def main() -> None:
             _warm(port)
             label = f"Ray Serve, {replicas} replica{'s' if replicas > 1 else ''}"
             rows += _sweep(label, port, args.concurrency, args.seconds)
+            if args.direct_ingress:
+                ports = _replica_ports(replicas)
+                for replica_port in ports:
+                    _warm(replica_port)
+                rows += _sweep_direct(f"{label}, direct", ports, args.concurrency, args.seconds)
             started = time.perf_counter()
             serve.delete("iris")
             timings.append(
