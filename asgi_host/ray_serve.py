@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ._batching import Batcher
 from ._health import Readiness
@@ -47,10 +47,6 @@ logger = logging.getLogger("asgi_host")
 
 class ReplicaUnhealthy(RuntimeError):
     """Raised from `check_health`: Ray marks the replica unhealthy and replaces it."""
-
-
-class _ReportsReadiness(Protocol):
-    def readiness(self) -> Readiness: ...
 
 
 def replica_health(app: object) -> str | None:

@@ -50,6 +50,16 @@ def serve(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     raise RuntimeError("server did not become ready")
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (hypercorn's supervisor then stops its worker), SIGKILL after 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def wrk(port: int, connections: int, seconds: int, script: Path, path: str) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -108,8 +118,7 @@ def main() -> None:
             for c in args.connections:
                 results[mode, c] = wrk(args.port, c, args.seconds, script, path)
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop(process)
     if args.json_out is not None:
         rows = [{"mode": mode, "clients": c, **numbers} for (mode, c), numbers in results.items()]
         args.json_out.write_text(json.dumps({"app": args.app, "results": rows}, indent=1))

@@ -40,34 +40,10 @@ APPS: dict[str, tuple[str, dict[str, str]]] = {
 def command(server: str, app: str, port: int) -> list[str]:
     if server == "hypercorn":
         return [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
+    where = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     if server == "uvicorn":
-        return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "granian",
-        "--interface",
-        "asgi",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        app,
-    ]
+        return [sys.executable, "-m", "uvicorn", app, *where, "--no-access-log"]
+    return [sys.executable, "-m", "granian", "--interface", "asgi", *where, app]
 
 
 def serve(

@@ -30,6 +30,7 @@ import torch
 
 from asgi_host.testing import LifespanDriver
 from bench import peers
+from bench.batching import stop
 from examples.app import IrisConfig, make_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,8 +154,7 @@ def measure_http(n: int, port: int, env: dict[str, str]) -> dict[str, float]:
                 latencies.append(time.perf_counter() - started)
                 assert response.status_code == 200
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop(process)
     latencies.sort()
     return {
         "process start to first answer": first_answer,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -33,29 +32,11 @@ from typing import Any
 import httpx
 
 from bench.batching import serve as serve_hypercorn
-from bench.batching import wrk
+from bench.batching import stop, wrk
+from tests._server import free_port
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "post_predict.lua"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM: hypercorn's supervisor stops its worker, then exits."""
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 def _warm(port: int, n: int = 50) -> None:
@@ -135,13 +116,13 @@ def main() -> None:
     timings: list[dict[str, Any]] = []
     print("| setup | clients | req/s | p50 ms | p99 ms | non-2xx |\n|---|---|---|---|---|---|", flush=True)
     if not args.no_hypercorn:
-        port = _free_port()
+        port = free_port()
         process = serve_hypercorn("examples.app:app", port, {"IRIS_BATCHING": "on", "IRIS_METRICS": "false"})
         try:
             _warm(port)
             rows += _sweep("hypercorn, 1 process", port, args.concurrency, args.seconds)
         finally:
-            _stop(process)
+            stop(process)
 
     if args.direct_ingress:
         # Read by Ray's processes at import, so set before Ray starts; a short draining
@@ -157,7 +138,7 @@ def main() -> None:
         num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False
     )
     try:
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for replicas in args.replicas:
             started = time.perf_counter()

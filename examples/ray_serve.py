@@ -35,6 +35,10 @@ from asgi_host.ray_serve import deployment
 from . import app as iris_app
 
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 40.0  # Ray kills a replica that takes longer to stop
+# The host's own shutdown limits (its drain, then the release) stay inside Ray's graceful timeout.
+HOST_DRAIN_TIMEOUT_S = 10.0
+HOST_SHUTDOWN_TIMEOUT_S = 20.0
+assert HOST_DRAIN_TIMEOUT_S + HOST_SHUTDOWN_TIMEOUT_S < GRACEFUL_SHUTDOWN_TIMEOUT_S
 
 
 def gpus_per_replica() -> float:
@@ -52,8 +56,7 @@ def _options(replicas: int, cpus: float) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus_per_replica()},
         # Ray drains requests first (wait loop), then sends lifespan.shutdown,
         # which drains the host again (a no-op by then) and releases the model;
-        # all of it must fit in the graceful timeout. The host's own limits
-        # (drain 10 s + shutdown 20 s in the configs below) stay inside it.
+        # all of it must fit in the graceful timeout (see the host limits above).
         "graceful_shutdown_wait_loop_s": 1.0,
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
         "health_check_period_s": 5.0,
@@ -61,11 +64,20 @@ def _options(replicas: int, cpus: float) -> dict[str, Any]:
     }
 
 
+def _host_settings(request_timeout_s: float) -> dict[str, Any]:
+    """Batching and shutdown limits shared by both apps; `request_timeout_s` bounds one request."""
+    return {
+        "batching": Batching(
+            max_batch_rows=64, timeout_s=request_timeout_s, drain_timeout_s=HOST_DRAIN_TIMEOUT_S
+        ),
+        "drain_timeout_s": HOST_DRAIN_TIMEOUT_S,
+        "shutdown_timeout_s": HOST_SHUTDOWN_TIMEOUT_S,
+    }
+
+
 def iris_config(**overrides: Any) -> iris_app.IrisConfig:
     settings: dict[str, Any] = {
-        "batching": Batching(max_batch_rows=64, timeout_s=10.0, drain_timeout_s=10.0),
-        "drain_timeout_s": 10.0,
-        "shutdown_timeout_s": 20.0,
+        **_host_settings(request_timeout_s=10.0),
         "metrics": False,  # Ray Serve exports its own request metrics
         **overrides,
     }
@@ -81,12 +93,7 @@ def embed(replicas: int = 1, cpus: float = 1.0, **config: Any) -> Any:
     """The MiniLM application (needs the `embed` extra)."""
     from . import embed as embed_app
 
-    settings: dict[str, Any] = {
-        "batching": Batching(max_batch_rows=64, timeout_s=30.0, drain_timeout_s=10.0),
-        "drain_timeout_s": 10.0,
-        "shutdown_timeout_s": 20.0,
-        **config,
-    }
+    settings: dict[str, Any] = {**_host_settings(request_timeout_s=30.0), **config}
     options = _options(replicas, cpus)
     return deployment(embed_app.make_app, name="embed", **options).bind(embed_app.EmbedConfig(**settings))
 
