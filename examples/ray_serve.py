@@ -132,10 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    # Ctrl-C and SIGTERM (a container stop) both shut Serve down gracefully.
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+    # Ctrl-C and SIGTERM (a container stop) both shut Serve down gracefully. Installed
+    # after ray.init, whose own SIGTERM handler would otherwise abort the process (-6)
+    # once the graceful shutdown is done.
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         started = time.perf_counter()
