@@ -88,13 +88,20 @@ def release_cuda_memory() -> None:
     """Give cached CUDA memory back to the driver: best effort, idempotent, safe without CUDA.
 
     Collects garbage first (`empty_cache()` can only free blocks no tensor
-    uses), waits for queued kernels, then empties the caching allocator and
-    frees memory held for tensors shared with other processes. It cannot free
-    tensors something still references: drop those first.
+    uses), waits for queued kernels, frees cuBLAS's workspaces (cuBLAS keeps
+    one per handle and stream in the caching allocator, counted as allocated:
+    32 MiB on an H100 after a single matmul, measured), then empties the
+    caching allocator and frees memory held for tensors shared with other
+    processes. It cannot free tensors something still references: drop those
+    first. Other models in the process lose nothing but their next matmul
+    allocates a fresh workspace.
     """
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.cuda.synchronize()
+        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear_workspaces is not None:  # private, but what torch's own tests call for this
+            clear_workspaces()
         torch.cuda.empty_cache()
         torch.cuda.ipc_collect()  # type: ignore[no-untyped-call]
 

@@ -1,60 +1,92 @@
-"""GPU verification: memory around the model's life, and MiniLM throughput with batching.
+"""GPU verification: memory around the model's life, time to ready, MiniLM batching, compile, OOM.
 
-    python -m bench.gpu                  # prints the tables; on a machine without CUDA, the CPU path
-    python -m bench.gpu --write-docs     # also appends them to docs/benchmarks.md
-    python -m bench.gpu --run-cuda-tests # also runs `pytest -m cuda` first (on a GPU machine)
+    python -m bench.gpu                     # everything; on a machine without CUDA, the CPU path
+    python -m bench.gpu --only memory ready # some sections (memory ready throughput compile oom)
+    python -m bench.gpu --run-tests         # first runs the tests that can run on the GPU machine
+    python -m bench.gpu --out DIR           # also writes DIR/gpu.md and DIR/gpu.json
 
-For the Iris model and MiniLM, through the real host lifespan (`host.lifespan()`):
-memory before load, after load and after shutdown. On CUDA that is
-`torch.cuda.memory_allocated()`, `memory_reserved()` and this process's usage as
-`nvidia-smi` reports it (which includes the CUDA context, never released before
-the process exits); on CPU it is the process's resident set size. Then MiniLM
-requests/s with batching off and on at several concurrencies, in-process
-(no HTTP), so the model and the batcher are what is measured.
+Sections, each through the real host lifespan (`host.lifespan()`) where a host is involved:
+
+- memory: for the Iris model and MiniLM, CUDA allocated/reserved and this process's memory as
+  `nvidia-smi` reports it (which includes the CUDA context, never released before the process
+  exits) before load, after load, after a 64-text request, after shutdown, and after also
+  clearing cuBLAS's workspaces; on CPU the process's resident set size.
+- ready: a fresh process per model, from its start to `lifespan.startup.complete` (import,
+  CUDA context, load, warmup), as a server's first ready answer would see it.
+- throughput: MiniLM /embed in-process (no HTTP: the model and the batcher are what is
+  measured), batching off and on, requests/s with p50/p99 latency per concurrency.
+- compile: per-pass latency of eager vs `torch.compile` (default and `mode="reduce-overhead"`,
+  which captures CUDA graphs), compile time, largest difference from eager, and whether the
+  compiled model runs from worker threads as the host runs it.
+- oom: a real CUDA out-of-memory in a MiniLM pass (the GPU filled to leave 2 GiB): what is
+  raised, what memory is left, whether halves of the batch then fit and the process serves on.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
+import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import torch
 
 from asgi_host import Batching, Host
+from asgi_host.model import TorchModel
 from asgi_host.testing import request
 from examples.app import IrisConfig
 from examples.app import make_app as make_iris
-from examples.embed import EmbedConfig
+from examples.embed import EmbedConfig, _forward
 from examples.embed import make_app as make_embed
+from examples.minilm import MiniLM, load_tokenizer, model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCE = "A man is eating a piece of bread in the park."
+SECTIONS = ("memory", "ready", "throughput", "compile", "oom")
+MIB = 2**20
 
 
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU only: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def nvidia_smi_mib() -> int | None:
+def _smi(query: str, *args: str) -> str:
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        return subprocess.run(
+            ["nvidia-smi", f"--query-{query}", "--format=csv,noheader,nounits", *args],
             capture_output=True,
             text=True,
             timeout=30,
             check=True,
-        ).stdout
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine() -> dict[str, str]:
+    facts = {"python": platform.python_version(), "torch": torch.__version__, "cores": str(os.cpu_count())}
+    if torch.cuda.is_available():
+        name, _, driver = _smi("gpu=name,driver_version").partition(", ")
+        facts |= {
+            "gpu": name or torch.cuda.get_device_name(0),
+            "driver": driver,
+            "cuda": str(torch.version.cuda),
+        }
+    else:
+        facts["cpu"] = platform.processor() or platform.machine()
+    return facts
+
+
+def nvidia_smi_mib() -> int | None:
+    """This process's GPU memory as nvidia-smi reports it (context included); None without it."""
+    out = _smi("compute-apps=pid,used_memory")
+    if not out and not torch.cuda.is_available():
         return None
     for line in out.splitlines():
         pid, _, used = line.partition(",")
@@ -70,80 +102,396 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def snapshot() -> str:
+def snapshot() -> dict[str, float | None]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-        smi = nvidia_smi_mib()
-        return (
-            f"allocated {torch.cuda.memory_allocated() / 2**20:.1f} MiB, "
-            f"reserved {torch.cuda.memory_reserved() / 2**20:.1f} MiB, nvidia-smi {smi} MiB"
-        )
-    return f"RSS {rss_mib():.0f} MiB"
+        return {
+            "allocated_mib": torch.cuda.memory_allocated() / MIB,
+            "reserved_mib": torch.cuda.memory_reserved() / MIB,
+            "nvidia_smi_mib": nvidia_smi_mib(),
+        }
+    return {"rss_mib": rss_mib()}
 
 
-async def memory_rows(name: str, host: Host) -> list[str]:
-    before = snapshot()
+def show(snap: dict[str, float | None]) -> str:
+    if "rss_mib" in snap:
+        return f"RSS {snap['rss_mib']:.0f} MiB"
+    return f"{snap['allocated_mib']:.1f} / {snap['reserved_mib']:.1f} / {snap['nvidia_smi_mib']}"
+
+
+def clear_cublas_workspaces() -> None:
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if torch.cuda.is_available() and clear is not None:
+        clear()
+        torch.cuda.empty_cache()
+
+
+async def memory(device: str) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    hosts: list[tuple[str, Host, str, Any]] = [
+        (
+            "Iris MLP",
+            make_iris(IrisConfig(device=device, metrics=False)),
+            "/predict",
+            {"inputs": [[5.1, 3.5, 1.4, 0.2]] * 64},
+        ),
+        ("MiniLM-L6", make_embed(EmbedConfig(device=device)), "/embed", {"texts": [SENTENCE * 4] * 64}),
+    ]
+    for name, host, path, body in hosts:
+        row = {"before load": snapshot()}
+        async with host.lifespan() as state:
+            row["after load"] = snapshot()
+            result = await request(host, "POST", path, json=body, state=state, timeout_s=60)
+            assert result.status == 200, result.body
+            row["after a 64-row request"] = snapshot()
+        row["after shutdown"] = snapshot()
+        clear_cublas_workspaces()
+        row["cuBLAS workspaces cleared"] = snapshot()
+        rows[name] = row
+    return rows
+
+
+READY_CHILD = """
+import time, sys, json
+started = time.perf_counter()
+import anyio, torch
+imported = time.perf_counter()
+sys.path.insert(0, {root!r})
+if {model!r} == "minilm":
+    from examples.embed import EmbedConfig, make_app
+    host = make_app(EmbedConfig(device={device!r}))
+else:
+    from examples.app import IrisConfig, make_app
+    host = make_app(IrisConfig(device={device!r}, metrics=False))
+built = time.perf_counter()
+async def main():
     async with host.lifespan():
-        loaded = snapshot()
-    after = snapshot()
-    return [f"| {name} | {before} | {loaded} | {after} |"]
+        ready = time.perf_counter()
+        print(json.dumps({{"import_s": imported - started, "app_s": built - imported,
+                           "startup_s": ready - built, "load_s": host.resources[-1].last_load_s}}))
+anyio.run(main)
+"""
 
 
-async def throughput(host: Host, clients: int, seconds: float) -> float:
-    done = 0
+def ready(device: str) -> dict[str, Any]:
+    """A fresh interpreter per model: process start to lifespan startup complete."""
+    rows: dict[str, Any] = {}
+    for model in ("iris", "minilm"):
+        code = READY_CHILD.format(root=str(ROOT), model=model, device=device)
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        )
+        total = time.perf_counter() - started
+        rows[model] = json.loads(out.stdout.strip().splitlines()[-1]) | {"process_to_ready_s": total}
+    return rows
+
+
+async def throughput(host: Host, clients: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
     async with host.lifespan() as state:
+        for _ in range(3):  # warm the tokenizer, allocator and any lazy kernels
+            await request(host, "POST", "/embed", json={"texts": [SENTENCE]}, state=state, timeout_s=60)
         deadline = anyio.current_time() + seconds
 
         async def client() -> None:
-            nonlocal done
             while anyio.current_time() < deadline:
+                sent = time.perf_counter()
                 result = await request(
                     host, "POST", "/embed", json={"texts": [SENTENCE]}, state=state, timeout_s=60
                 )
                 assert result.status == 200, result.body
-                done += 1
+                latencies.append(time.perf_counter() - sent)
 
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(clients):
                 tg.start_soon(client)
         elapsed = time.perf_counter() - started
-    return done / elapsed
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3,
+        "requests": len(latencies),
+    }
 
 
-async def measure(clients: list[int], seconds: float, device: str) -> list[str]:
-    lines = [f"Device: {device_name()}. Date: {datetime.date.today()}. Command: `python -m bench.gpu`.", ""]
-    lines += ["| model | before load | after load | after shutdown |", "|---|---|---|---|"]
-    lines += await memory_rows("Iris MLP", make_iris(IrisConfig(device=device, metrics=False)))
-    lines += await memory_rows("MiniLM-L6", make_embed(EmbedConfig(device=device)))
-    lines += ["", "| clients | MiniLM req/s batching off | batching on | on/off |", "|---|---|---|---|"]
+async def throughputs(device: str, clients: list[int], seconds: float) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
     for c in clients:
         off = await throughput(make_embed(EmbedConfig(device=device)), c, seconds)
         on = await throughput(
             make_embed(EmbedConfig(device=device, batching=Batching(max_batch_rows=128))), c, seconds
         )
-        lines.append(f"| {c} | {off:.0f} | {on:.0f} | {on / off:.2f}x |")
-    return lines
+        rows[str(c)] = {"off": off, "on": on}
+        print(f"  {c} clients: off {off['rps']:.0f} req/s, on {on['rps']:.0f} req/s", flush=True)
+    return rows
+
+
+def _timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, float, torch.Tensor]:
+    """Median and p99 seconds of `fn()` including the copy back to the host, as a request pays."""
+    times: list[float] = []
+    out = fn()
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = fn().cpu()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.99)], out
+
+
+def compiled(device: str, repeats: int = 200) -> dict[str, Any]:
+    """Eager vs torch.compile for one-row passes of Iris and MiniLM (and 32 rows of MiniLM)."""
+    from examples.iris import WEIGHTS, IrisMLP
+
+    dev = torch.device(device)
+    modes: list[tuple[str, dict[str, Any] | None]] = [("eager", None), ("compile", {})]
+    if dev.type == "cuda":
+        modes.append(("compile reduce-overhead", {"mode": "reduce-overhead"}))
+    tokenizer = load_tokenizer(256)
+    cases: list[tuple[str, Callable[[], torch.nn.Module], Path, Callable[..., Any]]] = []
+    iris_x = torch.tensor([[5.1, 3.5, 1.4, 0.2]], device=dev)
+    cases.append(("Iris, 1 row", IrisMLP, WEIGHTS, lambda m: m(iris_x)))
+    for rows in (1, 32):
+        enc = tokenizer.encode_batch([SENTENCE] * rows)
+        ids = torch.tensor([e.ids for e in enc], device=dev)
+        mask = torch.tensor([e.attention_mask for e in enc], device=dev)
+        cases.append(
+            (
+                f"MiniLM, {rows} row(s)",
+                MiniLM,
+                model_dir() / "model.safetensors",
+                lambda m, i=ids, k=mask: m(i, k),
+            )
+        )
+    results: dict[str, Any] = {}
+    for case, build, weights, call in cases:
+        module, _, _ = TorchModel(build, weights, device=device).load()
+        reference: torch.Tensor | None = None
+        for mode, options in modes:
+            torch._dynamo.reset()
+            runner = module if options is None else torch.compile(module, **options)
+            with torch.inference_mode():
+                started = time.perf_counter()
+                call(runner)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                first_s = time.perf_counter() - started
+                call(runner)  # reduce-overhead records its graph on the second call
+                p50, p99, out = _timed(lambda r=runner, c=call: c(r), repeats)
+            if reference is None:
+                reference = out
+            row = {
+                "first_call_s": first_s,
+                "p50_us": p50 * 1e6,
+                "p99_us": p99 * 1e6,
+                "max_abs_diff_vs_eager": float((out.float() - reference.float()).abs().max()),
+            }
+            if options is not None:
+                row["from_worker_threads"] = _threaded(runner, call)
+            results[f"{case} | {mode}"] = row
+            print(f"  {case} {mode}: {row}", flush=True)
+        del module
+        torch._dynamo.reset()
+    return results
+
+
+def _threaded(runner: Any, call: Callable[..., Any]) -> str:
+    """Run the compiled model from a pool of 4 threads, as anyio.to_thread does; 'ok' or the error."""
+
+    def one() -> None:
+        with torch.inference_mode():
+            call(runner).cpu()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for future in [pool.submit(one) for _ in range(16)]:
+                future.result()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return "ok"
+
+
+def oom(device: str) -> dict[str, Any]:
+    """A real out-of-memory in a MiniLM pass, then halves of the batch, then one row."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA"}
+    module, dev, _ = TorchModel(MiniLM, model_dir() / "model.safetensors", device=device).load()
+    tokenizer = load_tokenizer(256)
+    long_text = " ".join([SENTENCE] * 30)  # truncated at 256 tokens
+    report: dict[str, Any] = {"load": _oom_at_load(device)}
+    free, total = torch.cuda.mem_get_info()
+    headroom = 2 * 2**30
+    filler = torch.empty(free - headroom, dtype=torch.uint8, device=dev)
+    report |= {"free_before_fill_mib": free / MIB, "total_mib": total / MIB, "headroom_mib": headroom / MIB}
+    attempts: list[dict[str, Any]] = []
+    rows = 4096
+    while rows >= 1:
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out = _forward(module, [long_text] * rows, tokenizer, dev)
+            attempts.append(
+                {"rows": rows, "ok": True, "s": time.perf_counter() - started, "dims": len(out[0])}
+            )
+            break
+        except torch.cuda.OutOfMemoryError as exc:
+            after_error = snapshot()
+            torch.cuda.empty_cache()
+            attempts.append(
+                {
+                    "rows": rows,
+                    "ok": False,
+                    "s": time.perf_counter() - started,
+                    "error": type(exc).__name__,
+                    "is_RuntimeError": isinstance(exc, RuntimeError),
+                    "message": str(exc).splitlines()[0][:160],
+                    "after_error": after_error,
+                    "after_empty_cache": snapshot(),
+                }
+            )
+            rows //= 2
+    report["attempts"] = attempts
+    report["num_ooms"] = torch.cuda.memory_stats().get("num_ooms")
+    with torch.inference_mode():
+        report["one_row_after"] = len(_forward(module, [SENTENCE], tokenizer, dev)[0])
+    del filler, module
+    torch.cuda.empty_cache()
+    report["after_release"] = snapshot()
+    return report
+
+
+def _oom_at_load(device: str) -> dict[str, Any]:
+    """Load MiniLM with 16 MiB of the GPU left free: what fails, and what stays allocated."""
+    free, _ = torch.cuda.mem_get_info()
+    filler = torch.empty(free - 16 * MIB, dtype=torch.uint8, device=device)
+    before = snapshot()
+    try:
+        TorchModel(MiniLM, model_dir() / "model.safetensors", device=device).load()
+        outcome = "loaded"
+    except Exception as exc:
+        outcome = f"{type(exc).__name__}: {str(exc)[:300]}"
+    after = snapshot()
+    del filler
+    torch.cuda.empty_cache()
+    return {"outcome": outcome, "filled": before, "after_failed_load": after, "after_release": snapshot()}
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    facts = results["machine"]
+    lines = [
+        f"Date: {results['date']}. Command: `{command}`. Machine: "
+        + ", ".join(f"{k} {v}" for k, v in facts.items())
+        + ".",
+        "",
+    ]
+    if "memory" in results:
+        cuda = "gpu" in facts
+        unit = "allocated / reserved / nvidia-smi MiB" if cuda else "resident memory"
+        lines += [f"Memory ({unit}):", ""]
+        stages = list(next(iter(results["memory"].values())))
+        lines += ["| model | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+        for name, row in results["memory"].items():
+            lines.append(f"| {name} | " + " | ".join(show(row[s]) for s in stages) + " |")
+        lines.append("")
+    if "ready" in results:
+        lines += ["Time to ready (a fresh process; seconds):", ""]
+        lines += [
+            "| model | import torch+anyio | build app | lifespan startup | of which load+warmup "
+            "| process start to ready |"
+        ]
+        lines += ["|---|---|---|---|---|---|"]
+        for name, r in results["ready"].items():
+            lines.append(
+                f"| {name} | {r['import_s']:.2f} | {r['app_s']:.2f} | {r['startup_s']:.2f} | "
+                f"{r['load_s']:.2f} | {r['process_to_ready_s']:.2f} |"
+            )
+        lines.append("")
+    if "throughput" in results:
+        lines += ["MiniLM /embed in-process, one sentence per request:", ""]
+        lines += [
+            "| clients | off req/s | off p50 ms | off p99 ms | on req/s | on p50 ms | on p99 ms | on/off |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|---|"]
+        for c, r in results["throughput"].items():
+            off, on = r["off"], r["on"]
+            lines.append(
+                f"| {c} | {off['rps']:.0f} | {off['p50_ms']:.2f} | {off['p99_ms']:.2f} | {on['rps']:.0f} | "
+                f"{on['p50_ms']:.2f} | {on['p99_ms']:.2f} | {on['rps'] / off['rps']:.2f}x |"
+            )
+        lines.append("")
+    if "compile" in results:
+        lines += ["Eager vs compiled, one pass including the copy back (200 passes):", ""]
+        lines += [
+            "| case | mode | first call s | p50 us | p99 us | max abs diff vs eager | from worker threads |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|"]
+        for key, r in results["compile"].items():
+            case, mode = key.split(" | ")
+            lines.append(
+                f"| {case} | {mode} | {r['first_call_s']:.2f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
+                f"{r['max_abs_diff_vs_eager']:.2e} | {r.get('from_worker_threads', '-')} |"
+            )
+        lines.append("")
+    if "oom" in results:
+        lines += ["Out of memory:", "", "```", json.dumps(results["oom"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def run_tests(out: Path | None) -> int:
+    """The tests whose imports the GPU machine has (no FastAPI, Starlette, uvicorn, granian, Ray)."""
+    modules = [
+        "test_model.py", "test_predict.py", "test_batching.py", "test_embed.py", "test_health.py",
+        "test_lifespan.py", "test_routing.py", "test_lazy.py", "test_metrics.py", "test_config.py",
+        "test_public_api.py", "test_doctor.py", "test_hypercorn.py",
+    ]  # fmt: skip
+    # These import Starlette or FastAPI, which the GPU image lacks.
+    lacking = "not fastapi and not mounted_sub_apps and not imports_without_torch"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-k", lacking]
+    if out is not None:
+        command.append(f"--junitxml={out / 'junit.xml'}")
+    code = subprocess.call([*command, *(f"tests/{m}" for m in modules)], cwd=ROOT)
+    print(f"pytest exited {code}", flush=True)
+    return code
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="GPU memory and MiniLM batching throughput")
-    parser.add_argument("-c", "--clients", type=int, nargs="+", default=[1, 8, 32, 128])
-    parser.add_argument("-d", "--seconds", type=float, default=5.0)
-    parser.add_argument("--write-docs", action="store_true")
-    parser.add_argument("--run-cuda-tests", action="store_true")
+    parser = argparse.ArgumentParser(description="GPU memory, time to ready, MiniLM batching, compile, OOM")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("-c", "--clients", type=int, nargs="+", default=[1, 8, 32, 64, 128])
+    parser.add_argument("-d", "--seconds", type=float, default=4.0)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--run-tests", action="store_true")
     args = parser.parse_args()
-    if args.run_cuda_tests:
-        # Only the module with cuda tests: collecting the others would import the peer servers.
-        command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider"]
-        code = subprocess.call([*command, "tests/test_model.py"], cwd=ROOT)
-        print(f"pytest -m cuda exited {code}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    if args.run_tests:
+        run_tests(args.out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    lines = anyio.run(measure, args.clients, args.seconds, device)
-    print("\n".join(lines))
-    if args.write_docs:
-        with (ROOT / "docs" / "benchmarks.md").open("a") as docs:
-            docs.write("\n## GPU verification run\n\n" + "\n".join(lines) + "\n")
+    results: dict[str, Any] = {"date": str(datetime.date.today()), "machine": machine()}
+    print(results["machine"], flush=True)
+    steps: dict[str, Callable[[], Any]] = {
+        "memory": lambda: anyio.run(memory, device),
+        "ready": lambda: ready(device),
+        "throughput": lambda: anyio.run(throughputs, device, args.clients, args.seconds),
+        "compile": lambda: compiled(device),
+        "oom": lambda: oom(device),
+    }
+    for name in SECTIONS:
+        if name in args.only:
+            print(f"== {name}", flush=True)
+            try:
+                results[name] = steps[name]()
+            except Exception as exc:  # one broken section must not lose the others' numbers
+                results[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+                print(f"{name} failed: {exc!r}", flush=True)
+            if args.out:
+                (args.out / "gpu.json").write_text(json.dumps(results, indent=1, default=str))
+    text = markdown(results, "python -m bench.gpu " + " ".join(sys.argv[1:]))
+    print(text)
+    if args.out:
+        (args.out / "gpu.md").write_text(text)
 
 
 if __name__ == "__main__":

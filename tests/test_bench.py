@@ -44,7 +44,7 @@ def test_batching_under_hypercorn() -> None:
 
 
 def test_gpu_script_cpu_path() -> None:
-    out = bench("gpu", "-c", "2", "-d", "0.5")
+    out = bench("gpu", "--only", "memory", "throughput", "-c", "2", "-d", "0.5")
     assert "| Iris MLP |" in out
     assert "| MiniLM-L6 |" in out
     assert "| 2 |" in out

@@ -188,7 +188,7 @@ async def test_warmup_runs_and_a_failing_warmup_fails_startup() -> None:
     seen: list[tuple[int, ...]] = []
 
     def warm(module: nn.Module) -> None:
-        seen.append(tuple(module(torch.zeros(2, 4)).shape))
+        seen.append(tuple(module(torch.zeros(2, 4, device=next(module.parameters()).device)).shape))
 
     async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, warmup=warm))):
         assert seen == [(2, 3)]
@@ -314,10 +314,10 @@ async def test_a_buffer_missing_from_the_weights_falls_back_to_a_real_build(tmp_
     async with LifespanDriver(host_with(TorchModel(WithScratch, path))) as lifespan:
         module = lifespan.state["model"].module
         assert not module.scale.is_meta
-        assert torch.equal(module.scale, torch.full((3,), 2.0))
+        assert torch.equal(module.scale.cpu(), torch.full((3,), 2.0))
         x = torch.ones(1, 4)
-        with torch.inference_mode():
-            assert torch.allclose(module(x), trained(x))
+        with torch.inference_mode():  # on whichever device "auto" chose
+            assert torch.allclose(module(x.to(module.scale.device)).cpu(), trained(x))
 
 
 def test_weights_become_the_parameters_without_a_copy(tmp_path: Path) -> None:
@@ -325,4 +325,4 @@ def test_weights_become_the_parameters_without_a_copy(tmp_path: Path) -> None:
     module = TorchModel(IrisMLP, WEIGHTS).load()[0]
     assert not any(t.is_meta for t in (*module.parameters(), *module.buffers()))
     reference = load_file(str(WEIGHTS))
-    assert all(torch.equal(v, reference[k]) for k, v in module.state_dict().items())
+    assert all(torch.equal(v.cpu(), reference[k]) for k, v in module.state_dict().items())
