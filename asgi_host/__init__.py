@@ -13,6 +13,7 @@ from ._errors import (
     HTTPError,
     LifespanError,
     LifespanProtocolError,
+    OutOfMemory,
     ShutdownError,
     StartupError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "LifespanPhase",
     "LifespanProtocolError",
     "Mount",
+    "OutOfMemory",
     "Request",
     "Resource",
     "Response",

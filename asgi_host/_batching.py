@@ -23,7 +23,7 @@ import anyio
 import msgspec
 
 from ._config import check_constraints
-from ._errors import ClientDisconnect, HTTPError
+from ._errors import ClientDisconnect, HTTPError, OutOfMemory
 from ._http import Request
 from ._resources import Resource
 
@@ -99,6 +99,7 @@ class Batcher(Resource, Generic[T, R]):
         self._state: Mapping[str, Any] = {}
         self.batches = 0
         self.batched_rows = 0
+        self.oom_splits = 0  # batches retried in halves after running out of memory
         self.observers: list[Callable[[int, float], None]] = []  # (rows, seconds) after each batch
         super().__init__(self._lifespan, name=name)
 
@@ -230,31 +231,59 @@ class Batcher(Resource, Generic[T, R]):
             self._batch_done.set()
 
     async def _run(self, batch: list[_Entry[T, R]]) -> None:
-        live = [entry for entry in batch if not entry.cancelled]
+        self._busy = True
+        try:
+            await self._pass(batch)
+        finally:
+            self._busy = False
+
+    async def _pass(self, entries: list[_Entry[T, R]]) -> None:
+        """One forward pass over the entries still waiting; on `OutOfMemory`, again in halves."""
+        live = [entry for entry in entries if not entry.cancelled]
         if not live:
             return
         all_rows = [row for entry in live for row in entry.rows]
-        self._busy = True
         started = anyio.current_time()
+        error: Exception | None = None
         try:
             outputs = await self.batch_fn(self._state, all_rows)
             if len(outputs) != len(all_rows):
                 raise RuntimeError(f"batch function returned {len(outputs)} outputs for {len(all_rows)} rows")
         except Exception as exc:
-            logger.exception("batch of %d rows from %d requests failed", len(all_rows), len(live))
-            for entry in live:
-                # A fresh error each: one exception raised in many tasks would pile up tracebacks.
-                entry.error = exc if isinstance(exc, HTTPError) else HTTPError(500, _BATCH_FAILED)
-                entry.done.set()
-            return
+            error = exc
         finally:
-            self._busy = False
             elapsed = anyio.current_time() - started
             self._batch_seconds = elapsed if not self.batches else 0.8 * self._batch_seconds + 0.2 * elapsed
             self.batches += 1
             self.batched_rows += len(all_rows)
             for observe in self.observers:
                 observe(len(all_rows), elapsed)
+        if isinstance(error, OutOfMemory):
+            if len(live) == 1:
+                live[0].error = error.for_rows(len(live[0].rows))
+                live[0].done.set()
+                return
+            # Halves by request, never splitting one: each request's rows stay in one pass,
+            # so every answer is what an unsplit pass would give.
+            self.oom_splits += 1
+            half = len(live) // 2
+            logger.warning(
+                "out of memory in a pass of %d rows from %d requests; retrying as %d + %d requests",
+                len(all_rows),
+                len(live),
+                half,
+                len(live) - half,
+            )
+            await self._pass(live[:half])
+            await self._pass(live[half:])
+            return
+        if error is not None:
+            logger.error("batch of %d rows from %d requests failed", len(all_rows), len(live), exc_info=error)
+            for entry in live:
+                # A fresh error each: one exception raised in many tasks would pile up tracebacks.
+                entry.error = error if isinstance(error, HTTPError) else HTTPError(500, _BATCH_FAILED)
+                entry.done.set()
+            return
         start = 0
         for entry in live:
             entry.result = list(outputs[start : start + len(entry.rows)])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
@@ -10,8 +11,9 @@ import torch
 from torch import nn
 
 from ._batching import Batcher, Batching
-from ._errors import HTTPError
+from ._errors import HTTPError, OutOfMemory
 from ._http import Request
+from ._resources import Resource
 from ._structured import StructEndpoint
 
 if TYPE_CHECKING:
@@ -69,6 +71,24 @@ def classifier_endpoint(
         outputs: list[list[float]] = await handle.run(forward, inputs, handle.device, handle.dtype)
         return outputs
 
+    def output_shape(module: nn.Module, device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
+        return tuple(module(torch.zeros(2, n_features, dtype=dtype, device=device)).shape)
+
+    @asynccontextmanager
+    async def check_output(host: Any) -> AsyncIterator[None]:
+        # At startup, after the model loaded: a model whose output does not fit the labels fails
+        # startup here instead of answering every request with a 500.
+        handle: ModelHandle = host.state[model]
+        shape = await handle.run(output_shape, handle.device, handle.dtype)
+        if shape != (2, len(label_list)):
+            columns = f"{shape[1]} columns per row" if len(shape) == 2 else f"shape {shape} for 2 rows"
+            raise RuntimeError(
+                f"model {model!r} returns {columns} but the endpoint has {len(label_list)} labels "
+                f"({', '.join(label_list)}): give classifier_endpoint the labels the model was trained "
+                "on, or load the weights that match them"
+            )
+        yield
+
     batcher = Batcher(run_rows, batching, name=f"{model} batcher") if batching is not None else None
 
     async def predict(body: Any, request: Request) -> ClassifierOutput:
@@ -79,11 +99,15 @@ def classifier_endpoint(
         if batcher is not None:
             outputs = await batcher.submit(inputs, request)
         else:
-            outputs = await run_rows(request.state, inputs)
+            try:
+                outputs = await run_rows(request.state, inputs)
+            except OutOfMemory as exc:
+                raise exc.for_rows(len(inputs)) from None
         best = [label_list[max(range(len(row)), key=row.__getitem__)] for row in outputs]
         return ClassifierOutput(outputs=outputs, labels=best)
 
-    resources = (batcher,) if batcher is not None else ()
+    checker = Resource(check_output, name=f"{model} output check")
+    resources = (checker, batcher) if batcher is not None else (checker,)
     return StructEndpoint(predict, request_type, max_body_bytes=max_body_bytes, resources=resources)
 
 

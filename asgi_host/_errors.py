@@ -10,6 +10,7 @@ __all__ = [
     "HTTPError",
     "LifespanError",
     "LifespanProtocolError",
+    "OutOfMemory",
     "ShutdownError",
     "StartupError",
 ]
@@ -91,3 +92,28 @@ class HTTPError(AsgiHostError):
         self.path = path
         self.headers = tuple(headers)
         super().__init__(message)
+
+
+class OutOfMemory(HTTPError):
+    """A forward pass ran out of device memory: 503 with `Retry-After`, type `out_of_memory`.
+
+    `ModelHandle.run` raises it for `torch.cuda.OutOfMemoryError` after releasing
+    the memory the pass held; a `Batcher` that gets it retries its batch in
+    halves, down to single requests, and only a request that does not fit
+    alone is answered with it. `rows`, when known, is the size of that request.
+    """
+
+    def __init__(self, detail: str, *, rows: int | None = None) -> None:
+        self.detail = detail
+        self.rows = rows
+        what = f"a forward pass of {rows} row(s)" if rows is not None else "the forward pass"
+        super().__init__(
+            503,
+            f"out of memory: {what} did not fit on the device ({detail}); retry later, or send fewer rows",
+            type="out_of_memory",
+            headers=[("retry-after", "1")],
+        )
+
+    def for_rows(self, rows: int) -> OutOfMemory:
+        """The same error, naming the size of the request that did not fit."""
+        return OutOfMemory(self.detail, rows=rows)

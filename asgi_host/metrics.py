@@ -14,6 +14,8 @@ Exposes, in the Prometheus text format written by prometheus-client:
   rows and time per forward pass of each micro-batcher;
 - `asgi_host_queue_rows{batcher}`: rows waiting;
 - `asgi_host_model_load_seconds{model}`: the last load of each `TorchModel`;
+- `asgi_host_out_of_memory_passes{model}`: forward passes that ran out of device memory;
+  `asgi_host_batch_oom_splits{batcher}`: batches retried in halves because of it;
 - `asgi_host_cuda_memory_bytes{kind}`: allocated and reserved CUDA memory, when CUDA is in use.
 
 Each `Metrics` has its own registry, so several hosts (or tests) never clash.
@@ -88,6 +90,18 @@ class Metrics:
         self.load_seconds = Gauge(
             "asgi_host_model_load_seconds", "Seconds the last model load took.", ["model"], registry=r
         )
+        self.out_of_memory = Gauge(
+            "asgi_host_out_of_memory_passes",
+            "Forward passes that ran out of device memory (answered by splitting or 503).",
+            ["model"],
+            registry=r,
+        )
+        self.oom_splits = Gauge(
+            "asgi_host_batch_oom_splits",
+            "Batches retried in halves after out of memory.",
+            ["batcher"],
+            registry=r,
+        )
         self.cuda_memory = Gauge(
             "asgi_host_cuda_memory_bytes", "CUDA memory of this process.", ["kind"], registry=r
         )
@@ -112,6 +126,8 @@ class Metrics:
             return seconds or 0.0
 
         self.load_seconds.labels(model.name).set_function(last_load_s)
+        if hasattr(model, "out_of_memory"):
+            self.out_of_memory.labels(model.name).set_function(lambda: model.out_of_memory)
 
     def _watch_batcher(self, batcher: Batcher[Any, Any]) -> None:
         rows = self.batch_rows.labels(batcher.name)
@@ -123,6 +139,7 @@ class Metrics:
 
         batcher.observers.append(observe)
         self.queue_rows.labels(batcher.name).set_function(lambda: batcher.queued_rows)
+        self.oom_splits.labels(batcher.name).set_function(lambda: batcher.oom_splits)
 
     def observe(self, route: str, method: str, status: int | None, seconds: float) -> None:
         self.requests.labels(route, method, "disconnected" if status is None else str(status)).inc()

@@ -101,7 +101,7 @@ def test_the_shipped_example_config_loads_and_turns_batching_on() -> None:
         toml_path=ROOT / "examples" / "iris.toml",
         environ={"IRIS_BATCHING": "off"},
     )
-    assert [r.name for r in make_app(off).resources] == ["model"]
+    assert [r.name for r in make_app(off).resources] == ["model", "model output check"]
 
 
 def test_lazy_start_setting() -> None:

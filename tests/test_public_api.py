@@ -21,6 +21,7 @@ def test_public_names() -> None:
         "LifespanPhase",
         "LifespanProtocolError",
         "Mount",
+        "OutOfMemory",
         "Request",
         "Resource",
         "Response",
