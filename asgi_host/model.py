@@ -13,8 +13,8 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -217,6 +217,26 @@ class ModelHandle:
         self._module = None
         if self._threads is not None:
             self._threads.stop()
+
+
+@contextmanager
+def _skipped_init() -> Iterator[None]:
+    """No random init while building on the meta device: there is nothing to fill, and on meta
+    `normal_` runs through torch._refs, whose first use imports torch._dynamo (1.0-1.5 s of
+    MiniLM's startup, measured). The weights replace every parameter afterwards anyway."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {name: getattr(nn.init, name) for name in names}
+
+    def keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    try:
+        for name in names:
+            setattr(nn.init, name, keep)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 def _oom_detail(exc: BaseException) -> str:
@@ -497,7 +517,7 @@ class TorchModel(Resource):
     def _build(self, *, meta: bool) -> nn.Module:
         try:
             if meta:
-                with torch.device("meta"):
+                with torch.device("meta"), _skipped_init():
                     return self.build()
             return self.build()
         except Exception as exc:

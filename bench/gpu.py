@@ -164,11 +164,20 @@ else:
     from examples.app import IrisConfig, make_app
     host = make_app(IrisConfig(device={device!r}, metrics=False))
 built = time.perf_counter()
+stages = []
+report = host.progress.report
+def timed(stage=None, fraction=None):
+    stages.append((host.progress.resource, stage, time.perf_counter()))
+    report(stage, fraction)
+host.progress.report = timed
 async def main():
     async with host.lifespan():
         ready = time.perf_counter()
+        marks = stages + [("ready", None, ready)]
+        spans = {{f"{{r}}: {{s}}": round(t2 - t, 3) for (r, s, t), (_, _, t2) in zip(marks, marks[1:]) if s}}
+        model = next(r for r in host.resources if hasattr(r, "last_load_s"))
         print(json.dumps({{"import_s": imported - started, "app_s": built - imported,
-                           "startup_s": ready - built, "load_s": host.resources[-1].last_load_s}}))
+                           "startup_s": ready - built, "load_s": model.last_load_s, "stages": spans}}))
 anyio.run(main)
 """
 
