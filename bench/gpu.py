@@ -52,7 +52,7 @@ from examples.minilm import MiniLM, load_tokenizer, model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCE = "A man is eating a piece of bread in the park."
-SECTIONS = ("memory", "ready", "throughput", "compile", "oom")
+SECTIONS = ("memory", "ready", "throughput", "compile", "served", "oom")
 MIB = 2**20
 
 
@@ -322,6 +322,82 @@ def _threaded(runner: Any, call: Callable[..., Any]) -> str:
     return "ok"
 
 
+MIXED = [
+    "Hi.",
+    "A man is eating food.",
+    SENTENCE,
+    "The stock market fell sharply today as investors worried about rising interest rates.",
+    " ".join([SENTENCE] * 3),
+    " ".join([SENTENCE] * 6),
+    " ".join([SENTENCE] * 12),
+    " ".join([SENTENCE] * 30),  # truncated at 256 tokens
+]
+
+
+async def served(device: str, repeats: int = 200) -> dict[str, Any]:
+    """The examples with `compile` off/default/reduce-overhead through the host, in-process.
+
+    Startup time, the first request after ready, p50/p99 of one-row requests, the worst and
+    median request over texts of 8 lengths (MiniLM: each new shape may compile or record a
+    graph), and the largest difference from the eager answers.
+    """
+    modes = ["off", "default"] + (["reduce-overhead"] if device == "cuda" else [])
+    rows: dict[str, Any] = {}
+    reference: dict[str, Any] = {}
+    cases: list[tuple[str, Callable[[str], Host], str, Callable[[int], Any]]] = [
+        ("Iris", lambda m: make_iris(IrisConfig(device=device, metrics=False, compile=m)), "/predict",
+         lambda i: {"inputs": [[5.1, 3.5, 1.4, 0.2 + i % 7 * 0.1]]}),
+        ("MiniLM", lambda m: make_embed(EmbedConfig(device=device, compile=m)), "/embed",
+         lambda i: {"texts": [SENTENCE]}),
+    ]  # fmt: skip
+    for name, make, path, body in cases:
+        for mode in modes:
+            host = make(mode)
+            started = time.perf_counter()
+            async with host.lifespan() as state:
+                ready_s = time.perf_counter() - started
+
+                async def call(
+                    payload: Any, host: Host = host, state: Any = state, path: str = path
+                ) -> tuple[float, Any]:
+                    sent = time.perf_counter()
+                    result = await request(host, "POST", path, json=payload, state=state, timeout_s=120)
+                    assert result.status == 200, result.body
+                    return time.perf_counter() - sent, result.json()
+
+                first_s, first = await call(body(0))
+                times = sorted([(await call(body(i)))[0] for i in range(repeats)])
+                row: dict[str, Any] = {
+                    "ready_s": ready_s,
+                    "first_request_ms": first_s * 1e3,
+                    "p50_ms": times[len(times) // 2] * 1e3,
+                    "p99_ms": times[int(len(times) * 0.99)] * 1e3,
+                }
+                if name == "MiniLM":
+                    mixed = [await call({"texts": [MIXED[i % len(MIXED)]]}) for i in range(4 * len(MIXED))]
+                    row["mixed_first_pass_worst_ms"] = max(t for t, _ in mixed[: len(MIXED)]) * 1e3
+                    row["mixed_later_p50_ms"] = (
+                        sorted(t for t, _ in mixed[len(MIXED) :])[3 * len(MIXED) // 2] * 1e3
+                    )
+                    first = [first, [answer for _, answer in mixed[: len(MIXED)]]]
+            if mode == "off":
+                reference[name] = first
+            row["max_abs_diff_vs_eager"] = _max_diff(first, reference[name])
+            rows[f"{name} | {mode}"] = row
+            print(f"  {name} {mode}: {row}", flush=True)
+            torch._dynamo.reset()
+    return rows
+
+
+def _max_diff(a: Any, b: Any) -> float:
+    """Largest absolute difference between two JSON answers of the same shape."""
+    if isinstance(a, dict):
+        return max((_max_diff(a[k], b[k]) for k in a if k != "labels"), default=0.0)
+    if isinstance(a, list):
+        return max((_max_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
+    return abs(float(a) - float(b))
+
+
 def oom(device: str) -> dict[str, Any]:
     """A real out-of-memory in a MiniLM pass, then halves of the batch, then one row."""
     if not torch.cuda.is_available():
@@ -443,9 +519,53 @@ def markdown(results: dict[str, Any], command: str) -> str:
                 f"{r['max_abs_diff_vs_eager']:.2e} | {r.get('from_worker_threads', '-')} |"
             )
         lines.append("")
+    if "served" in results:
+        lines += [
+            "The examples served with `IRIS_COMPILE` / `EMBED_COMPILE`, in-process, one row per request:",
+            "",
+        ]
+        lines += [
+            "| model | compile | ready s | first request ms | p50 ms | p99 ms | 8 new lengths: worst ms "
+            "| then p50 ms | max abs diff vs eager |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key, r in results["served"].items():
+            name, mode = key.split(" | ")
+            worst = r.get("mixed_first_pass_worst_ms")
+            later = r.get("mixed_later_p50_ms")
+            lines.append(
+                f"| {name} | {mode} | {r['ready_s']:.2f} | {r['first_request_ms']:.2f} | {r['p50_ms']:.2f} | "
+                f"{r['p99_ms']:.2f} | {'-' if worst is None else f'{worst:.1f}'} | "
+                f"{'-' if later is None else f'{later:.2f}'} | {r['max_abs_diff_vs_eager']:.1e} |"
+            )
+        lines.append("")
     if "oom" in results:
         lines += ["Out of memory:", "", "```", json.dumps(results["oom"], indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def profile(device: str, clients: int, seconds: float, out: Path | None) -> str:
+    """Where the time of MiniLM with batching goes, at `clients`: cProfile's top functions."""
+    import cProfile
+    import io
+    import pstats
+
+    host = make_embed(EmbedConfig(device=device, batching=Batching(max_batch_rows=128)))
+    profiler = cProfile.Profile()
+    profiler.enable()
+    result = anyio.run(throughput, host, clients, seconds)
+    profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(40)
+    report = (
+        f"MiniLM, batching on, {clients} clients, {result['rps']:.0f} req/s under cProfile\n"
+        + text.getvalue()
+    )
+    if out is not None:
+        (out / "profile.txt").write_text(report)
+    return report.splitlines()[0]
 
 
 def run_tests(out: Path | None) -> int:
@@ -453,14 +573,16 @@ def run_tests(out: Path | None) -> int:
     modules = [
         "test_model.py", "test_predict.py", "test_batching.py", "test_embed.py", "test_health.py",
         "test_lifespan.py", "test_routing.py", "test_lazy.py", "test_metrics.py", "test_config.py",
-        "test_public_api.py", "test_doctor.py", "test_hypercorn.py",
+        "test_public_api.py", "test_doctor.py", "test_hypercorn.py", "test_gpu_serving.py",
+        "test_gpu_cuda.py", "test_placement.py",
     ]  # fmt: skip
     # These import Starlette or FastAPI, which the GPU image lacks.
     lacking = "not fastapi and not mounted_sub_apps and not imports_without_torch"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", "-k", lacking]
     if out is not None:
         command.append(f"--junitxml={out / 'junit.xml'}")
-    code = subprocess.call([*command, *(f"tests/{m}" for m in modules)], cwd=ROOT)
+    present = [f"tests/{m}" for m in modules if (ROOT / "tests" / m).is_file()]
+    code = subprocess.call([*command, *present], cwd=ROOT)
     print(f"pytest exited {code}", flush=True)
     return code
 
@@ -472,6 +594,9 @@ def main() -> None:
     parser.add_argument("-d", "--seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--run-tests", action="store_true")
+    parser.add_argument(
+        "--profile", type=int, metavar="CLIENTS", help="cProfile MiniLM with batching at CLIENTS into --out"
+    )
     args = parser.parse_args()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -485,6 +610,7 @@ def main() -> None:
         "ready": lambda: ready(device),
         "throughput": lambda: anyio.run(throughputs, device, args.clients, args.seconds),
         "compile": lambda: compiled(device),
+        "served": lambda: anyio.run(served, device),
         "oom": lambda: oom(device),
     }
     for name in SECTIONS:
@@ -497,6 +623,8 @@ def main() -> None:
                 print(f"{name} failed: {exc!r}", flush=True)
             if args.out:
                 (args.out / "gpu.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.profile:
+        results["profile"] = profile(device, args.profile, args.seconds, args.out)
     text = markdown(results, "python -m bench.gpu " + " ".join(sys.argv[1:]))
     print(text)
     if args.out:

@@ -9,7 +9,8 @@ memory included) after the last request. Settings (`IrisConfig`) come from
 `IRIS_CONFIG` (a TOML file, see examples/iris.toml) and `IRIS_*` environment
 variables, read once at import: `IRIS_WEIGHTS`, `IRIS_DEVICE` (`auto`, `cpu`,
 `cuda:0`, ...), `IRIS_MAX_ROWS`, `IRIS_BATCHING=on`,
-`IRIS_BATCHING__MAX_BATCH_ROWS=32`, `IRIS_BACKGROUND_STARTUP=true`, `IRIS_INLINE=true`, ... An
+`IRIS_BATCHING__MAX_BATCH_ROWS=32`, `IRIS_BACKGROUND_STARTUP=true`, `IRIS_INLINE=true`,
+`IRIS_COMPILE=reduce-overhead`, ... An
 unknown `IRIS_` variable stops the import with the list of known ones.
 """
 
@@ -27,6 +28,7 @@ from asgi_host import Host, Request, Response, Route
 from asgi_host.config import HostConfig, load_config
 from asgi_host.model import TorchModel, classifier_endpoint
 
+from ._compile import CompileMode, compile_setting
 from .iris import FEATURES, LABELS, WEIGHTS, IrisMLP
 
 if TYPE_CHECKING:
@@ -61,6 +63,8 @@ class IrisConfig(HostConfig, frozen=True, kw_only=True):
     max_rows: Annotated[int, msgspec.Meta(ge=1)] = 1024
     metrics: bool = True  # GET /metrics (needs the `metrics` extra: prometheus-client)
     inline: bool = False  # forward passes on the event loop: about 2x less per request (docs/model.md)
+    # torch.compile at startup: "default", or a mode ("reduce-overhead" captures CUDA graphs on a GPU).
+    compile: CompileMode = "off"
 
 
 def make_app(config: IrisConfig | None = None) -> Host:
@@ -72,6 +76,11 @@ def make_app(config: IrisConfig | None = None) -> Host:
         device=config.device,
         warmup=torch.zeros(1, len(FEATURES)),
         inline=config.inline,
+        compile=compile_setting(config.compile),
+        # Compiled: warm up the smallest and the largest pass a request can cause, so none compiles.
+        warmup_batch_sizes=(1, config.batching.max_batch_rows if config.batching else config.max_rows)
+        if config.compile != "off"
+        else (),
     )
     predict = classifier_endpoint(
         labels=LABELS,

@@ -21,10 +21,11 @@ import msgspec
 import torch
 from torch import nn
 
-from asgi_host import Batcher, Host, HTTPError, Request, Resource, Route, StructEndpoint
+from asgi_host import Batcher, Host, HTTPError, OutOfMemory, Request, Resource, Route, StructEndpoint
 from asgi_host.config import HostConfig, load_config
 from asgi_host.model import ModelHandle, TorchModel
 
+from ._compile import CompileMode, compile_setting
 from .minilm import MiniLM, load_tokenizer, model_dir
 
 
@@ -33,6 +34,8 @@ class EmbedConfig(HostConfig, frozen=True, kw_only=True):
     max_texts: Annotated[int, msgspec.Meta(ge=1)] = 64  # per request; more is 413
     max_chars: Annotated[int, msgspec.Meta(ge=1)] = 2000  # per text; longer is 422
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 256  # longer texts are truncated
+    # torch.compile at startup, as IrisConfig.compile ("default", "reduce-overhead", ...).
+    compile: CompileMode = "off"
 
 
 class Embeddings(msgspec.Struct):
@@ -67,20 +70,37 @@ def make_app(config: EmbedConfig | None = None) -> Host:
         texts: list[str] = body.texts
         if len(texts) > config.max_texts:
             raise HTTPError(413, f"{len(texts)} texts is more than max_texts={config.max_texts}; split them")
-        vectors = await batcher.submit(texts, request) if batcher else await _embed(request.state, texts)
+        if batcher:
+            vectors = await batcher.submit(texts, request)
+        else:
+            try:
+                vectors = await _embed(request.state, texts)
+            except OutOfMemory as exc:
+                raise exc.for_rows(len(texts)) from None
         return Embeddings(vectors)
 
     def tokenizer() -> dict[str, Any]:
         return {"tokenizer": load_tokenizer(config.max_tokens)}
 
-    def warmup(module: nn.Module) -> None:
-        _forward(module, ["warm up"], load_tokenizer(config.max_tokens), next(module.parameters()).device)
+    def warmup(module: nn.Module, rows: int | None = None) -> None:
+        # One short text; with a batch size (compiled), that many texts of the longest length.
+        texts = ["warm up"] if rows is None else ["warm up " * config.max_tokens] * rows
+        _forward(module, texts, load_tokenizer(config.max_tokens), next(module.parameters()).device)
+
+    largest = config.batching.max_batch_rows if config.batching else config.max_texts
 
     endpoint = StructEndpoint(embed, request_type, resources=[batcher] if batcher else [])
     return Host(
         resources=[
             Resource.from_hooks(tokenizer, name="tokenizer"),
-            TorchModel(MiniLM, model_dir() / "model.safetensors", device=config.device, warmup=warmup),
+            TorchModel(
+                MiniLM,
+                model_dir() / "model.safetensors",
+                device=config.device,
+                warmup=warmup,
+                compile=compile_setting(config.compile),
+                warmup_batch_sizes=(1, largest) if config.compile != "off" else (),
+            ),
         ],
         routes=[Route("/embed", endpoint, methods=["POST"])],
         **config.host_kwargs(),
