@@ -143,6 +143,7 @@ class ModelHandle:
         self.device = device
         self.dtype = dtype
         self.inline = inline
+        self._own_threads = threads is None and not inline  # a caller's threads are the caller's to stop
         self._threads = None if inline else threads or PassThreads(max_concurrency, "asgi_host-model")
         self._in_flight = 0
         self._idle = anyio.Event()
@@ -215,7 +216,7 @@ class ModelHandle:
         self._closing = True
         await self._idle.wait()
         self._module = None
-        if self._threads is not None:
+        if self._threads is not None and self._own_threads:
             self._threads.stop()
 
 
@@ -368,13 +369,17 @@ class TorchModel(Resource):
             yield handle
         finally:
             await handle.close()
-            # On the model's thread when it has one: CUDA graph trees live in that thread's state.
             if threads is None:
                 await anyio.to_thread.run_sync(self._release, device)
             else:
-                restarted = PassThreads(1, f"asgi_host-{self.name}-release") if threads.stopped else threads
-                await restarted.run(self._release, device)
-                restarted.stop()
+                # On the model's own thread: CUDA graph trees and cuBLAS's per-thread workspaces
+                # live in that thread's state. Then the thread ends (joined, so no daemon thread
+                # touches CUDA while the interpreter exits: that aborted a process on an H100),
+                # and what it held is collected once more from here.
+                await threads.run(self._release, device)
+                threads.stop()
+                await anyio.to_thread.run_sync(threads.join, 30.0)
+                await anyio.to_thread.run_sync(release_cuda_memory)
 
     def _count_oom(self) -> None:
         self.out_of_memory += 1
@@ -493,6 +498,7 @@ class TorchModel(Resource):
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            logger.error("torch.compile failed while warming up", exc_info=exc)
             if not self.compile_fallback:
                 raise ModelLoadError(
                     f"torch.compile failed while warming up ({reason}); fix the model for the compiler, "

@@ -52,7 +52,7 @@ from examples.minilm import MiniLM, load_tokenizer, model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCE = "A man is eating a piece of bread in the park."
-SECTIONS = ("memory", "ready", "throughput", "compile", "served", "oom")
+SECTIONS = ("memory", "ready", "throughput", "gil", "compile", "served", "oom")
 MIB = 2**20
 
 
@@ -352,40 +352,63 @@ async def served(device: str, repeats: int = 200) -> dict[str, Any]:
     ]  # fmt: skip
     for name, make, path, body in cases:
         for mode in modes:
-            host = make(mode)
-            started = time.perf_counter()
-            async with host.lifespan() as state:
-                ready_s = time.perf_counter() - started
+            key = f"{name} | {mode}"
+            try:
+                rows[key] = await _served_case(make(mode), name, path, body, repeats)
+                reference.setdefault(name, rows[key]["answers"])  # "off" runs first: the eager answers
+                rows[key]["max_abs_diff_vs_eager"] = _max_diff(rows[key].pop("answers"), reference[name])
+            except Exception as exc:  # one mode failing must not hide the others
+                rows[key] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"  {key}: {rows[key]}", flush=True)
+    return rows
 
-                async def call(
-                    payload: Any, host: Host = host, state: Any = state, path: str = path
-                ) -> tuple[float, Any]:
-                    sent = time.perf_counter()
-                    result = await request(host, "POST", path, json=payload, state=state, timeout_s=120)
-                    assert result.status == 200, result.body
-                    return time.perf_counter() - sent, result.json()
 
-                first_s, first = await call(body(0))
-                times = sorted([(await call(body(i)))[0] for i in range(repeats)])
-                row: dict[str, Any] = {
-                    "ready_s": ready_s,
-                    "first_request_ms": first_s * 1e3,
-                    "p50_ms": times[len(times) // 2] * 1e3,
-                    "p99_ms": times[int(len(times) * 0.99)] * 1e3,
-                }
-                if name == "MiniLM":
-                    mixed = [await call({"texts": [MIXED[i % len(MIXED)]]}) for i in range(4 * len(MIXED))]
-                    row["mixed_first_pass_worst_ms"] = max(t for t, _ in mixed[: len(MIXED)]) * 1e3
-                    row["mixed_later_p50_ms"] = (
-                        sorted(t for t, _ in mixed[len(MIXED) :])[3 * len(MIXED) // 2] * 1e3
-                    )
-                    first = [first, [answer for _, answer in mixed[: len(MIXED)]]]
-            if mode == "off":
-                reference[name] = first
-            row["max_abs_diff_vs_eager"] = _max_diff(first, reference[name])
-            rows[f"{name} | {mode}"] = row
-            print(f"  {name} {mode}: {row}", flush=True)
-            torch._dynamo.reset()
+async def _served_case(
+    host: Host, name: str, path: str, body: Callable[[int], Any], repeats: int
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    async with host.lifespan() as state:
+        ready_s = time.perf_counter() - started
+
+        async def call(payload: Any) -> tuple[float, Any]:
+            sent = time.perf_counter()
+            result = await request(host, "POST", path, json=payload, state=state, timeout_s=120)
+            assert result.status == 200, result.body
+            return time.perf_counter() - sent, result.json()
+
+        first_s, first = await call(body(0))
+        times = sorted([(await call(body(i)))[0] for i in range(repeats)])
+        row: dict[str, Any] = {
+            "ready_s": ready_s,
+            "first_request_ms": first_s * 1e3,
+            "p50_ms": times[len(times) // 2] * 1e3,
+            "p99_ms": times[int(len(times) * 0.99)] * 1e3,
+            "answers": first,
+        }
+        if name == "MiniLM":
+            mixed = [await call({"texts": [MIXED[i % len(MIXED)]]}) for i in range(4 * len(MIXED))]
+            row["mixed_first_pass_worst_ms"] = max(t for t, _ in mixed[: len(MIXED)]) * 1e3
+            row["mixed_later_p50_ms"] = sorted(t for t, _ in mixed[len(MIXED) :])[3 * len(MIXED) // 2] * 1e3
+            row["answers"] = [first, [answer for _, answer in mixed[: len(MIXED)]]]
+    return row
+
+
+async def gil(device: str, clients: int, seconds: float) -> dict[str, Any]:
+    """MiniLM with batching at `clients`, under several `sys.setswitchinterval` values.
+
+    The event loop thread and the model's thread share the GIL; each time the model's thread
+    waits on the GPU it lets go, and taking it back can wait up to the switch interval.
+    """
+    rows: dict[str, Any] = {}
+    default = sys.getswitchinterval()
+    try:
+        for interval in (default, 0.001, 0.0002):
+            sys.setswitchinterval(interval)
+            host = make_embed(EmbedConfig(device=device, batching=Batching(max_batch_rows=128)))
+            rows[f"{interval * 1e3:g} ms"] = await throughput(host, clients, seconds)
+            print(f"  switch interval {interval * 1e3:g} ms: {rows[f'{interval * 1e3:g} ms']}", flush=True)
+    finally:
+        sys.setswitchinterval(default)
     return rows
 
 
@@ -519,6 +542,12 @@ def markdown(results: dict[str, Any], command: str) -> str:
                 f"{r['max_abs_diff_vs_eager']:.2e} | {r.get('from_worker_threads', '-')} |"
             )
         lines.append("")
+    if "gil" in results:
+        lines += ["MiniLM with batching, 64 clients, by `sys.setswitchinterval`:", ""]
+        lines += ["| switch interval | req/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+        for interval, r in results["gil"].items():
+            lines.append(f"| {interval} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+        lines.append("")
     if "served" in results:
         lines += [
             "The examples served with `IRIS_COMPILE` / `EMBED_COMPILE`, in-process, one row per request:",
@@ -531,6 +560,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
         ]
         for key, r in results["served"].items():
             name, mode = key.split(" | ")
+            if "error" in r:
+                lines.append(f"| {name} | {mode} | failed: {r['error'][:200]} |||||||")
+                continue
             worst = r.get("mixed_first_pass_worst_ms")
             later = r.get("mixed_later_p50_ms")
             lines.append(
@@ -609,6 +641,7 @@ def main() -> None:
         "memory": lambda: anyio.run(memory, device),
         "ready": lambda: ready(device),
         "throughput": lambda: anyio.run(throughputs, device, args.clients, args.seconds),
+        "gil": lambda: anyio.run(gil, device, 64, args.seconds),
         "compile": lambda: compiled(device),
         "served": lambda: anyio.run(served, device),
         "oom": lambda: oom(device),

@@ -247,8 +247,6 @@ async def test_warmup_runs_at_every_declared_batch_size() -> None:
         assert seen == [None, 1, 8, 64]
 
 
-# Inductor itself touches torch.jit.script_method, deprecated in this torch.
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 async def test_compiled_model_answers_like_eager_and_the_first_request_needs_no_compile() -> None:
     inputs, _ = load_dataset()
     answers: dict[str, list[list[float]]] = {}
