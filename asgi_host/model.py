@@ -9,9 +9,11 @@ drops the model and gives CUDA memory back. See docs/model.md.
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -218,6 +220,27 @@ class ModelHandle:
         self._module = None
         if self._threads is not None and self._own_threads:
             self._threads.stop()
+
+
+def _cuda_graph_thread_state() -> None:
+    """Give this thread the state torch.compile's CUDA graph trees keep per thread.
+
+    Up to torch 2.11 it existed only on the thread that imported torch._inductor (and the
+    autograd threads that copy it): recording graphs on the model's own thread failed with a
+    bare `AssertionError` in `cudagraph_trees.get_obj` (seen on an H100, torch 2.11). Newer
+    torch sets it up itself; this is a no-op there.
+    """
+    try:
+        from torch._inductor import cudagraph_trees as trees
+    except ImportError:  # pragma: no cover - a torch without inductor cannot compile anyway
+        return
+    local = getattr(trees, "local", None)
+    if local is None or hasattr(local, "tree_manager_containers"):
+        return
+    if torch._C._is_key_in_tls("tree_manager_containers"):
+        return
+    local.tree_manager_containers = {}
+    local.tree_manager_locks = collections.defaultdict(threading.Lock)
 
 
 @contextmanager
@@ -484,6 +507,8 @@ class TorchModel(Resource):
         """`torch.compile` the module and warm it up at each batch size; eager on failure if allowed."""
         options = self.compile_options or {}
         sizes: list[int | None] = [None, *self.warmup_batch_sizes]
+        if options.get("mode") in CUDA_GRAPH_MODES:
+            _cuda_graph_thread_state()
         started = time.perf_counter()
         try:
             compiled: nn.Module = torch.compile(module, **options)  # type: ignore[assignment]

@@ -226,12 +226,16 @@ async def throughput(host: Host, clients: int, seconds: float) -> dict[str, floa
     }
 
 
-async def throughputs(device: str, clients: list[int], seconds: float) -> dict[str, Any]:
+async def throughputs(
+    device: str, clients: list[int], seconds: float, compile: Any = "off"
+) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for c in clients:
-        off = await throughput(make_embed(EmbedConfig(device=device)), c, seconds)
+        off = await throughput(make_embed(EmbedConfig(device=device, compile=compile)), c, seconds)
         on = await throughput(
-            make_embed(EmbedConfig(device=device, batching=Batching(max_batch_rows=128))), c, seconds
+            make_embed(EmbedConfig(device=device, compile=compile, batching=Batching(max_batch_rows=128))),
+            c,
+            seconds,
         )
         rows[str(c)] = {"off": off, "on": on}
         print(f"  {c} clients: off {off['rps']:.0f} req/s, on {on['rps']:.0f} req/s", flush=True)
@@ -517,7 +521,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
             )
         lines.append("")
     if "throughput" in results:
-        lines += ["MiniLM /embed in-process, one sentence per request:", ""]
+        lines += [
+            f"MiniLM /embed in-process, one sentence per request, compile {results['compile_mode']}:",
+            "",
+        ]
         lines += [
             "| clients | off req/s | off p50 ms | off p99 ms | on req/s | on p50 ms | on p99 ms | on/off |"
         ]
@@ -627,6 +634,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--run-tests", action="store_true")
     parser.add_argument(
+        "--compile", default="off", help="EMBED_COMPILE for the throughput section (default off)"
+    )
+    parser.add_argument(
         "--profile", type=int, metavar="CLIENTS", help="cProfile MiniLM with batching at CLIENTS into --out"
     )
     args = parser.parse_args()
@@ -635,12 +645,16 @@ def main() -> None:
     if args.run_tests:
         run_tests(args.out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict[str, Any] = {"date": str(datetime.date.today()), "machine": machine()}
+    results: dict[str, Any] = {
+        "date": str(datetime.date.today()),
+        "machine": machine(),
+        "compile_mode": args.compile,
+    }
     print(results["machine"], flush=True)
     steps: dict[str, Callable[[], Any]] = {
         "memory": lambda: anyio.run(memory, device),
         "ready": lambda: ready(device),
-        "throughput": lambda: anyio.run(throughputs, device, args.clients, args.seconds),
+        "throughput": lambda: anyio.run(throughputs, device, args.clients, args.seconds, args.compile),
         "gil": lambda: anyio.run(gil, device, 64, args.seconds),
         "compile": lambda: compiled(device),
         "served": lambda: anyio.run(served, device),

@@ -72,26 +72,26 @@ async def test_real_out_of_memory_in_a_batch_is_split_and_memory_comes_back(base
         routes=[Route("/predict", endpoint, methods=["POST"])],
     )
     results: dict[str, Any] = {}
-    async with LifespanDriver(host) as lifespan, filled_leaving(6 * CHUNK):
-        # Room for about 5 rows once the model and cuBLAS are in.
+    async with LifespanDriver(host) as lifespan:
+        with filled_leaving(6 * CHUNK):  # room for about 5 rows once the model and cuBLAS are in
 
-        async def send(key: str, rows: list[list[float]]) -> None:
-            results[key] = await lifespan.request("POST", "/predict", json={"inputs": rows}, timeout_s=60)
+            async def send(key: str, rows: list[list[float]]) -> None:
+                results[key] = await lifespan.request("POST", "/predict", json={"inputs": rows}, timeout_s=60)
 
-        async with anyio.create_task_group() as tg:
-            for i in range(16):
-                tg.start_soon(send, f"one{i}", [inputs[i * 9]])
-            tg.start_soon(send, "too big", inputs[:40])
-        too_big = results.pop("too big")
-        assert too_big.status == 503, too_big.body
-        assert too_big.json()["error"]["type"] == "out_of_memory"
-        assert "a forward pass of 40 row(s) did not fit" in too_big.json()["error"]["message"]
-        assert {key: r.status for key, r in results.items()} == {key: 200 for key in results}
-        handle: ModelHandle = lifespan.state["model"]
-        assert handle.out_of_memory >= 1
-        # Served on after the out-of-memory, with nothing of the failed passes still allocated.
-        after = await lifespan.request("POST", "/predict", json={"inputs": inputs[:2]})
-        assert after.status == 200
+            async with anyio.create_task_group() as tg:
+                for i in range(16):
+                    tg.start_soon(send, f"one{i}", [inputs[i * 9]])
+                tg.start_soon(send, "too big", inputs[:40])
+            too_big = results.pop("too big")
+            assert too_big.status == 503, too_big.body
+            assert too_big.json()["error"]["type"] == "out_of_memory"
+            assert "a forward pass of 40 row(s) did not fit" in too_big.json()["error"]["message"]
+            assert {key: r.status for key, r in results.items()} == {key: 200 for key in results}
+            handle: ModelHandle = lifespan.state["model"]
+            assert handle.out_of_memory >= 1
+            # Served on after the out-of-memory, with nothing of the failed passes still allocated.
+            after = await lifespan.request("POST", "/predict", json={"inputs": inputs[:2]})
+            assert after.status == 200
     assert torch.cuda.memory_allocated() == baseline
     assert torch.cuda.memory_reserved() == 0
 
@@ -158,11 +158,12 @@ async def test_half_precision_model_memory_returns_to_baseline_after_shutdown(ba
         warmup=torch.zeros(8, 1024),
     )
     async with LifespanDriver(Host(resources=[model])) as lifespan:
-        handle: ModelHandle = lifespan.state["model"]
+        handle = lifespan.state["model"]
         shape = await handle.run(
             lambda m: tuple(m(torch.ones(64, 1024, device="cuda", dtype=torch.float16)).shape)
         )
         assert shape == (64, 1024)
         assert torch.cuda.memory_allocated() > baseline
-    assert torch.cuda.memory_allocated() == baseline
+    # At most the baseline: an earlier test's leftovers may be collected on the way.
+    assert torch.cuda.memory_allocated() <= baseline
     assert torch.cuda.memory_reserved() == 0
