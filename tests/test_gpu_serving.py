@@ -263,6 +263,7 @@ async def test_compiled_model_answers_like_eager_and_the_first_request_needs_no_
         host = Host(
             resources=[model],
             routes=[Route("/predict", classifier_endpoint(labels=LABELS, n_features=4), methods=["POST"])],
+            startup_timeout_s=300,  # the first compile in a process on a GPU machine took over 60 s
         )
         original = host.progress.report
 
