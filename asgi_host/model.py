@@ -27,6 +27,7 @@ from torch import nn
 # The /predict endpoint lives in its own module; it is part of this public one.
 from ._classifier import ClassifierOutput, classifier_endpoint
 from ._errors import AsgiHostError, HTTPError, OutOfMemory
+from ._placement import choose_cuda_device, release_claim
 from ._resources import Resource
 from ._worker import PassThreads
 
@@ -54,9 +55,18 @@ class ModelLoadError(AsgiHostError):
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """`"auto"` is CUDA when available, else CPU; an explicit CUDA device must exist."""
+    """`"auto"` is CUDA when available, else CPU; an explicit CUDA device must exist.
+
+    With several visible GPUs, `"auto"` picks one per process (`asgi_host._placement`): the GPU
+    the fewest other processes of this machine have claimed, then the one with the most free memory.
+    """
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        if torch.cuda.device_count() > 1:
+            # Several GPUs: spread the processes started together (hypercorn -w N) across them.
+            return choose_cuda_device()
+        return torch.device("cuda")
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
@@ -629,6 +639,8 @@ class TorchModel(Resource):
             torch._dynamo.reset()
             self.compiled = False
         release_cuda_memory()
+        if str(self.device) == "auto" and device.type == "cuda" and torch.cuda.device_count() > 1:
+            release_claim()
         after = cuda_memory(device) if device.type == "cuda" else {}
         logger.info(
             "model %r released%s", self.name, f": cuda before={before} after={after}" if before else ""
