@@ -5,6 +5,8 @@ python -m bench predict [args]        # in-process and HTTP cost of /predict vs 
 python -m bench batching [args]       # batching off vs on under hypercorn (needs wrk)
 python -m bench startup [args]        # time to ready vs weights size
 python -m bench ray [args]            # Iris on Ray Serve, 1 vs 2 replicas (needs the ray extra and wrk)
+python -m bench hop [args]            # a thread hand-off and back: the model's own thread vs anyio.to_thread
+python -m bench gpu [args]            # GPU: memory, time to ready, MiniLM batching, compile, OOM
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ COMMANDS = {
     "batching": "bench.batching",
     "startup": "bench.startup",
     "gpu": "bench.gpu",
+    "hop": "bench.hop",
     "ray": "bench.ray_replicas",
 }
 
