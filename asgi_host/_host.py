@@ -229,7 +229,20 @@ class Host:
         """Decorator form of `Route`: `@host.route("/ping")`."""
 
         def decorate(endpoint: Endpoint) -> Endpoint:
+            carried = [as_resource(r) for r in getattr(endpoint, "resources", ())]
+            if carried and self.phase is not LifespanPhase.IDLE:
+                raise RuntimeError(
+                    f"the endpoint for {path!r} carries resources ({', '.join(r.name for r in carried)}): "
+                    "add it before the host starts, so they start with it"
+                )
+            # Like `routes=`: after the host's own resources, before mounts whose lifespan it runs.
+            resources = self._stack.resources
+            at = next((i for i, r in enumerate(resources) if isinstance(r, SubAppLifespan)), len(resources))
+            names = [r.name for r in [*resources, *carried]]
+            if len(set(names)) != len(names):
+                raise ValueError(f"resource names must be unique, got {names}")
             self.router.add(Route(path, endpoint, methods=methods))
+            resources[at:at] = carried
             return endpoint
 
         return decorate

@@ -231,3 +231,19 @@ async def test_iris_batched_matches_unbatched_with_fewer_forward_passes() -> Non
         assert on["labels"] == off["labels"]
         assert len(on["outputs"]) == 1
         assert on["outputs"][0] == pytest.approx(off["outputs"][0], abs=1e-6)
+
+
+async def test_a_batched_endpoint_added_with_host_route_starts_its_batcher() -> None:
+    # Before: only routes= endpoints had their resources started, so this answered 503 every time.
+    host = Host(resources=[TorchModel(IrisMLP, WEIGHTS)])
+    endpoint = classifier_endpoint(labels=LABELS, n_features=len(FEATURES), batching=Batching())
+    host.route("/predict", methods=["POST"])(endpoint)
+    assert [r.name for r in host.resources] == ["model", "model output check", "model batcher"]
+    async with LifespanDriver(host) as lifespan:
+        result = await lifespan.request("POST", "/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
+        assert result.status == 200, result.body
+        assert result.json()["labels"] == ["setosa"]
+        with pytest.raises(RuntimeError, match="add it before the host starts"):
+            host.route("/late", methods=["POST"])(
+                classifier_endpoint(labels=LABELS, n_features=len(FEATURES), batching=Batching())
+            )
