@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -103,12 +104,26 @@ def classifier_endpoint(
                 outputs = await run_rows(request.state, inputs)
             except OutOfMemory as exc:
                 raise exc.for_rows(len(inputs)) from None
+        _check_finite_outputs(outputs)
         best = [label_list[max(range(len(row)), key=row.__getitem__)] for row in outputs]
         return ClassifierOutput(outputs=outputs, labels=best)
 
     checker = Resource(check_output, name=f"{model} output check")
     resources = (checker, batcher) if batcher is not None else (checker,)
     return StructEndpoint(predict, request_type, max_body_bytes=max_body_bytes, resources=resources)
+
+
+def _check_finite_outputs(outputs: list[list[float]]) -> None:
+    """A row whose probabilities are not finite (inputs the model cannot compute, like 1e38) is
+    refused with 422 naming it, never answered with NaN."""
+    for i, values in enumerate(outputs):
+        if not all(math.isfinite(value) for value in values):
+            raise HTTPError(
+                422,
+                "the model's output for this row is not finite (NaN or infinity): the inputs are outside "
+                "what it can compute",
+                path=f"$.inputs[{i}]",
+            )
 
 
 def _check_finite(rows: list[list[float]]) -> None:

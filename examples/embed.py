@@ -13,6 +13,7 @@ the cosine similarity. JSON or MessagePack, the same errors and limits as
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -77,6 +78,9 @@ def make_app(config: EmbedConfig | None = None) -> Host:
                 vectors = await _embed(request.state, texts)
             except OutOfMemory as exc:
                 raise exc.for_rows(len(texts)) from None
+        for i, vector in enumerate(vectors):
+            if not all(math.isfinite(x) for x in vector):  # never answer NaN as an embedding
+                raise HTTPError(422, "the model's output for this text is not finite", path=f"$.texts[{i}]")
         return Embeddings(vectors)
 
     def tokenizer() -> dict[str, Any]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 import msgspec
 import pytest
 import torch
 from torch import nn
 
-from asgi_host import Host, Request, Route, StructEndpoint
+from asgi_host import Batching, Host, Request, Route, StructEndpoint
 from asgi_host.model import TorchModel, classifier_endpoint
 from asgi_host.testing import HTTPResult, LifespanDriver
 from examples.app import IrisConfig, make_app
@@ -239,3 +240,36 @@ async def test_custom_schema_reuses_negotiation_and_errors() -> None:
         assert (bad.status, bad.json()["error"]["path"]) == (422, "$.words[1]")
         big = await lifespan.request("POST", "/count", json={"words": ["x" * 200]})
         assert big.status == 413
+
+
+async def test_inputs_the_model_cannot_compute_are_422_never_nan(iris: LifespanDriver) -> None:
+    # 1e38 is a finite float, but the MLP's output for it is NaN: it must not be answered as data.
+    result = await iris.request("POST", "/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2], [1e38, 1, 1, 1]]})
+    assert result.status == 422
+    error = result.json()["error"]
+    assert error["path"] == "$.inputs[1]"
+    assert "not finite" in error["message"]
+    msgpack = await iris.request(
+        "POST",
+        "/predict",
+        body=msgspec.msgpack.encode({"inputs": [[1e38, 1, 1, 1]]}),
+        headers=[("content-type", "application/msgpack")],
+    )
+    assert msgpack.status == 422
+
+
+async def test_with_batching_only_the_request_with_the_bad_row_is_refused() -> None:
+    app = make_app(IrisConfig(metrics=False, batching=Batching(max_wait_s=0.05)))
+    async with LifespanDriver(app) as lifespan:
+        results: dict[str, HTTPResult] = {}
+
+        async def send(key: str, rows: list[list[float]]) -> None:
+            results[key] = await lifespan.request("POST", "/predict", json={"inputs": rows})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, "bad", [[1e38, 1, 1, 1]])
+            for i in range(4):
+                tg.start_soon(send, f"good{i}", [[5.1, 3.5, 1.4, 0.2]])
+        assert results.pop("bad").status == 422
+        assert {r.status for r in results.values()} == {200}
+        assert lifespan.state["model"].forward_passes < 6  # they did share passes
