@@ -7,7 +7,8 @@
 Exposes, in the Prometheus text format written by prometheus-client:
 
 - `asgi_host_requests_total{route,method,status}`: answered requests; `route` is the
-  route's path, the mount's prefix, or `unmatched` (so labels stay bounded);
+  route's path, the mount's prefix, or `unmatched`, and `method` one of the nine standard
+  methods or `other` (so a client cannot create series);
 - `asgi_host_request_duration_seconds{route}`: latency histogram;
 - `asgi_host_requests_in_flight`, `asgi_host_ready` (1 when /readyz answers 200);
 - `asgi_host_batch_rows{batcher}`, `asgi_host_batch_duration_seconds{batcher}`:
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["Metrics"]
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
@@ -142,6 +144,8 @@ class Metrics:
         self.oom_splits.labels(batcher.name).set_function(lambda: batcher.oom_splits)
 
     def observe(self, route: str, method: str, status: int | None, seconds: float) -> None:
+        # The client chooses the method: invented ones share one label, so series stay bounded.
+        method = method if method in STANDARD_METHODS else "other"
         self.requests.labels(route, method, "disconnected" if status is None else str(status)).inc()
         self.latency.labels(route).observe(seconds)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from asgi_host import Batching, Host, Mount, Route
+from asgi_host import Batching, Host, Mount, Request, Response, Route
 from asgi_host.metrics import Metrics
 from asgi_host.model import TorchModel, classifier_endpoint
 from asgi_host.testing import LifespanDriver
@@ -80,3 +80,20 @@ async def test_two_hosts_keep_separate_registries() -> None:
     async with LifespanDriver(second) as lifespan:
         scrape = await lifespan.request("GET", "/metrics")
     assert "asgi_host_requests_total{" not in scrape.body.decode()
+
+
+async def test_invented_methods_share_one_label() -> None:
+    async def hello(request: Request) -> Response:
+        return Response.json({"hello": "world"})
+
+    host = Host(routes=[Route("/", hello)], metrics=Metrics())
+    async with LifespanDriver(host) as lifespan:
+        for i in range(50):
+            assert (await lifespan.request(f"BREW{i}", "/")).status == 405
+        await lifespan.request("PATCH", "/")
+        scraped = samples((await lifespan.request("GET", "/metrics")).body.decode())
+    methods = {dict(labels).get("method") for (name, labels) in scraped if name == "asgi_host_requests_total"}
+    assert methods == {"other", "PATCH"}
+    assert (
+        scraped[("asgi_host_requests_total", (("method", "other"), ("route", "/"), ("status", "405")))] == 50
+    )
