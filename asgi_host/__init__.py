@@ -23,6 +23,7 @@ from ._lifespan import LifespanPhase
 from ._resources import Resource
 from ._routing import Mount, Route
 from ._structured import StructEndpoint
+from ._version import __version__ as __version__
 
 __all__ = [
     "AsgiHostError",

@@ -1,7 +1,8 @@
 """`python -m asgi_host check MODULE:APP`: run any ASGI app's lifespan and report what happened.
 
 Exit codes: 0 startup and shutdown clean, 1 a failure (or a timeout), 2 the
-app does not support lifespan (it raised before answering startup).
+app does not support lifespan (it raised before answering startup), 3 MODULE:APP
+could not be loaded (no such module or attribute, or its import raised).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import anyio
 import msgspec
 
 from ._types import ASGIApp
+from ._version import __version__
 from .testing import AppTimeout, LifespanDriver, LifespanFailed, LifespanUnsupported, ProtocolViolation
 
 __all__ = ["Report", "check", "main"]
 
-OK, FAILED, UNSUPPORTED = 0, 1, 2
+OK, FAILED, UNSUPPORTED, TARGET_ERROR = 0, 1, 2, 3
 
 
 class Phase(msgspec.Struct, omit_defaults=True):
@@ -41,19 +43,37 @@ class Report(msgspec.Struct, omit_defaults=True):
     error: str | None = None
 
 
+class TargetError(Exception):
+    """MODULE:APP could not be loaded; the message says why in one line (exit code 3)."""
+
+
 def load_app(target: str) -> ASGIApp:
     """Import `module:attribute` (the attribute may be dotted), from the current directory too."""
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
-        raise SystemExit(f"expected MODULE:APP (like examples.app:app), got {target!r}")
+        raise TargetError(f"expected MODULE:APP (like examples.app:app), got {target!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise TargetError(
+                f"no module named {exc.name!r} (from {target!r}; the current directory is {os.getcwd()})"
+            ) from None
+        raise TargetError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise TargetError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     for part in attribute.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(f"{module_name!r} has no attribute {attribute!r}") from None
     if not callable(obj):
         kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
-        raise SystemExit(f"{target} is a {kind}, not an ASGI app (an async callable of scope, receive, send)")
+        raise TargetError(
+            f"{target} is a {kind}, not an ASGI app (an async callable of scope, receive, send)"
+        )
     return obj  # type: ignore[no-any-return]
 
 
@@ -178,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="asgi-host",
         description="Tools for ASGI apps. `check` runs an app's lifespan with raw messages and reports.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     check_parser = commands.add_parser("check", help="run MODULE:APP's lifespan startup and shutdown")
     check_parser.add_argument("target", metavar="MODULE:APP", help="for example examples.app:app")
@@ -185,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     check_parser.add_argument("--timeout-s", type=float, default=120.0, help="per phase (default 120)")
     check_parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args(argv)
-    app = load_app(args.target)
+    try:
+        app = load_app(args.target)
+    except TargetError as exc:
+        print(f"asgi-host check: {exc}", file=sys.stderr)
+        return TARGET_ERROR
     progress = sys.stderr if sys.stderr.isatty() and not args.json else None
     report = anyio.run(
         lambda: check(app, args.target, timeout_s=args.timeout_s, progress=progress), backend=args.backend

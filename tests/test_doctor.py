@@ -69,14 +69,42 @@ def test_app_without_lifespan_exits_2() -> None:
 
 def test_bad_target_is_a_usage_error() -> None:
     result = run_check("examples.app")
-    assert result.returncode != 0
+    assert result.returncode == 3
     assert "expected MODULE:APP" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("examples.app:nope", "asgi-host check: 'examples.app' has no attribute 'nope'"),
+        ("nosuchmod:app", "asgi-host check: no module named 'nosuchmod' (from 'nosuchmod:app'"),
+        ("examples.nosuch:app", "asgi-host check: no module named 'examples.nosuch'"),
+    ],
+)
+def test_a_target_that_cannot_be_loaded_is_one_line_and_exit_3(target: str, message: str) -> None:
+    result = run_check(target)
+    assert result.returncode == 3
+    assert result.stderr.startswith(message)
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_version() -> None:
+    import asgi_host
+
+    result = subprocess.run(
+        [sys.executable, "-m", "asgi_host", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"asgi-host {asgi_host.__version__}"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{asgi_host.__version__}"' in pyproject
 
 
 def test_a_target_that_is_not_callable_is_named() -> None:
     # Such as a Ray Serve Application (examples.ray_serve:app), which `serve run` takes instead.
     result = run_check("examples.iris:LABELS")
-    assert result.returncode != 0
+    assert result.returncode == 3
     assert "examples.iris:LABELS is a builtins.tuple, not an ASGI app" in result.stderr
 
 
