@@ -299,6 +299,15 @@ class Host:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
+        if (
+            path.endswith("/")
+            and len(path) > 1
+            and path not in self.router.paths
+            and path[:-1] in self.router.paths
+        ):
+            # One trailing slash names the same route: Litestar, for one, hands a mounted app
+            # `/predict/` for `/model/predict`.
+            path = path[:-1]
         if path in self._probe_paths:
             await self._respond(scope, receive, send, path, self.router.paths[path])
             return

@@ -224,3 +224,20 @@ async def _never() -> Message:
 
 async def _discard(message: Message) -> None:
     raise AssertionError("not called")
+
+
+async def test_one_trailing_slash_names_the_same_route() -> None:
+    host = Host()
+
+    @host.route("/ping", methods=["GET"])
+    async def ping(request: Request) -> Response:
+        return Response(b"pong", media_type="text/plain")
+
+    @host.route("/slash/", methods=["GET"])
+    async def slash(request: Request) -> Response:
+        return Response(b"slash", media_type="text/plain")
+
+    assert (await request(host, "GET", "/ping/")).body == b"pong"  # as Litestar's mounts send it
+    assert (await request(host, "GET", "/slash/")).body == b"slash"  # a route declared with one is exact
+    assert (await request(host, "GET", "/ping//")).status == 404  # one slash, not any number
+    assert (await request(host, "GET", "/ping/", root_path="/model")).body == b"pong"
