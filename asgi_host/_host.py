@@ -65,7 +65,8 @@ class Host:
 
     Timeouts are the host's own (`None` for no limit); hypercorn has its own
     60 s `startup_timeout` on top, see docs/lifespan.md. `drain_timeout_s`
-    bounds the wait for requests in flight after `lifespan.shutdown`.
+    bounds the wait for requests in flight after `lifespan.shutdown`, `body_timeout_s` the time a
+    request body may take to arrive (408 after).
     `/livez` and `/readyz` (paths settable, `None` to turn off) report
     liveness and readiness; `background_startup=True` answers startup at
     once and loads in the background (routes answer 503 until ready);
@@ -85,6 +86,7 @@ class Host:
         shutdown_timeout_s: float | None = 30.0,
         drain_timeout_s: float | None = 30.0,
         max_body_bytes: int | None = 1024 * 1024,
+        body_timeout_s: float | None = 10.0,
         livez_path: str | None = "/livez",
         readyz_path: str | None = "/readyz",
         background_startup: bool = False,
@@ -94,6 +96,7 @@ class Host:
     ) -> None:
         self.router = Router(routes)
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.drain_timeout_s = drain_timeout_s
         self.background_startup = background_startup
         self.on_background_failure = on_background_failure
@@ -390,7 +393,13 @@ class Host:
                     f"method {method} is not allowed for {path!r}; allowed: {', '.join(allowed)}",
                     headers=[("allow", ", ".join(allowed))],
                 )
-            request = Request(scope, receive, self._request_state(scope), max_body_bytes=self.max_body_bytes)
+            request = Request(
+                scope,
+                receive,
+                self._request_state(scope),
+                max_body_bytes=self.max_body_bytes,
+                body_timeout_s=self.body_timeout_s,
+            )
             response = await endpoint(request)
         except HTTPError as exc:
             response = error_response(exc)

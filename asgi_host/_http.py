@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import anyio
 import msgspec
 
 from ._errors import ClientDisconnect, HTTPError
@@ -85,13 +87,22 @@ class Request:
     reading the body.
     """
 
-    __slots__ = ("_body", "_headers", "max_body_bytes", "receive", "scope", "state")
+    __slots__ = ("_body", "_headers", "body_timeout_s", "max_body_bytes", "receive", "scope", "state")
 
-    def __init__(self, scope: Scope, receive: Receive, state: State, *, max_body_bytes: int | None) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        state: State,
+        *,
+        max_body_bytes: int | None,
+        body_timeout_s: float | None = None,
+    ) -> None:
         self.scope = scope
         self.receive = receive
         self.state = state
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self._headers: dict[str, str] | None = None
         self._body: bytes | None = None
 
@@ -131,6 +142,22 @@ class Request:
         if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
         chunks: list[bytes] = []
+        timeout = math.inf if self.body_timeout_s is None else self.body_timeout_s
+        with anyio.move_on_after(timeout) as scope:
+            await self._read(chunks, limit)
+        if scope.cancelled_caught:
+            # A stalled client must not hold the request (and a slot of every limit) open.
+            raise HTTPError(
+                408,
+                f"the request body did not arrive within body_timeout_s={self.body_timeout_s} "
+                f"({sum(map(len, chunks))} bytes received"
+                + (f" of {declared})" if declared is not None else ")"),
+                headers=[("connection", "close")],
+            )
+        self._body = b"".join(chunks)
+        return self._body
+
+    async def _read(self, chunks: list[bytes], limit: int | None) -> None:
         size = 0
         while True:
             message = await self.receive()
@@ -146,9 +173,7 @@ class Request:
             if chunk:
                 chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        self._body = b"".join(chunks)
-        return self._body
+                return
 
 
 def _too_large(limit: int) -> HTTPError:

@@ -52,6 +52,7 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
     shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 30.0
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] | None = 30.0
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = 1024 * 1024
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 10.0
     livez_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/livez"
     readyz_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/readyz"
     background_startup: bool = False
@@ -68,6 +69,7 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
             "shutdown_timeout_s": self.shutdown_timeout_s,
             "drain_timeout_s": self.drain_timeout_s,
             "max_body_bytes": self.max_body_bytes,
+            "body_timeout_s": self.body_timeout_s,
             "livez_path": self.livez_path,
             "readyz_path": self.readyz_path,
             "background_startup": self.background_startup,

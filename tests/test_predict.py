@@ -13,9 +13,9 @@ from torch import nn
 
 from asgi_host import Batching, Host, Request, Route, StructEndpoint
 from asgi_host.model import TorchModel, classifier_endpoint
-from asgi_host.testing import HTTPResult, LifespanDriver
+from asgi_host.testing import HTTPResult, LifespanDriver, call, http_scope
 from examples.app import IrisConfig, make_app
-from examples.iris import LABELS, load_dataset
+from examples.iris import LABELS, WEIGHTS, IrisMLP, load_dataset
 
 pytestmark = pytest.mark.anyio
 
@@ -273,3 +273,30 @@ async def test_with_batching_only_the_request_with_the_bad_row_is_refused() -> N
         assert results.pop("bad").status == 422
         assert {r.status for r in results.values()} == {200}
         assert lifespan.state["model"].forward_passes < 6  # they did share passes
+
+
+async def test_a_body_that_stalls_is_408_and_frees_the_request() -> None:
+    endpoint = classifier_endpoint(labels=LABELS, n_features=4)
+    host = Host(
+        resources=[TorchModel(IrisMLP, WEIGHTS)], routes=[Route("/predict", endpoint, methods=["POST"])]
+    )
+    host.body_timeout_s = 0.2
+    async with LifespanDriver(host) as lifespan:
+        scope = http_scope(
+            "POST",
+            "/predict",
+            headers=[("content-type", "application/json"), ("content-length", "100")],
+            state=lifespan.state,
+        )
+        started = anyio.current_time()
+        # 5 bytes of a declared 100, then nothing: the client stalls.
+        transcript = await call(host, scope, [{"type": "http.request", "body": b'{"inp', "more_body": True}])
+        assert anyio.current_time() - started < 3
+    sent = [message for _, message in transcript]
+    start = next(m for m in sent if m.get("type") == "http.response.start")
+    assert start["status"] == 408
+    assert (b"connection", b"close") in start["headers"]
+    body = b"".join(m.get("body", b"") for m in sent if m.get("type") == "http.response.body")
+    error = msgspec.json.decode(body)["error"]
+    assert error["type"] == "request_timeout"
+    assert "within body_timeout_s=0.2 (5 bytes received of 100)" in error["message"]
