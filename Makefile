@@ -1,8 +1,9 @@
 # `make serve` serves the default model; `make test` runs every test.
-# Both create or refresh the virtual environment in .venv first.
+# Both create or refresh the virtual environment in .venv first (serve: the runtime extras only).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+SERVE_STAMP := $(VENV)/.serve-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -11,18 +12,28 @@ PORT ?= 8000
 help:  ## this list
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/'
 
-$(STAMP): pyproject.toml constraints.txt
+# Serving needs the runtime extras only; the tests' extras (Ray, FastAPI, ...) come with `make test`.
+$(SERVE_STAMP): pyproject.toml constraints.txt
+	@echo "==> [1/3] creating $(VENV)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned, so pip keeps the local CPU build (see constraints.txt)
+	@echo "==> [2/3] torch 2.13.0, the CPU build, first and pinned (see constraints.txt)"
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	@echo "==> [3/3] asgi_host with the serving extras [torch,metrics]"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics]'
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP)
+	@echo "==> the test and development extras [embed,ray,test,dev] (a minute or two the first time)"
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,embed,ray,test,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create or refresh .venv (torch pinned to the CPU build, every extra)
 
-serve: $(STAMP)  ## serve the default model (Iris) on 127.0.0.1:8000 (HOST=... PORT=... to change)
-	$(VENV)/bin/hypercorn examples.app:app --bind $(HOST):$(PORT)
+# -w 0: the worker runs in hypercorn's own process, so a model that fails to load exits 1 (in its
+# default supervisor mode hypercorn 0.18 exits 0; docs/lifespan.md).
+serve: $(SERVE_STAMP)  ## serve the default model (Iris) on 127.0.0.1:8000 (HOST=... PORT=... to change)
+	$(VENV)/bin/hypercorn -w 0 examples.app:app --bind $(HOST):$(PORT)
 
 test: $(STAMP)  ## run every test
 	$(PY) -m pytest
