@@ -30,6 +30,9 @@ logger = logging.getLogger("asgi_host")
 
 # Marks a lifespan scope that `Host.lifespan()` made, not a server.
 _EMBEDDED = "asgi_host.embedded"
+# After an error answered before the body was read: how much of the rest is read and dropped.
+DISCARD_BODY_BYTES = 64 * 1024
+DISCARD_BODY_S = 1.0
 
 _NOT_STARTED = HTTPError(
     503,
@@ -380,6 +383,7 @@ class Host:
     ) -> None:
         method: str = scope["method"]
         head = method == "HEAD"
+        request: Request | None = None
         try:
             if error is not None:
                 raise error
@@ -410,6 +414,13 @@ class Host:
             response = error_response(
                 HTTPError(500, "internal server error; the traceback is in the server log")
             )
+        if response.status >= 400 and (b"connection", b"close") not in response.headers:
+            # An error may come before the body was read: drop a small rest of it so the server
+            # can reuse the connection, else say the connection closes (hypercorn dropped it
+            # silently, and the client's next request on it failed).
+            reader = request or Request(scope, receive, {}, max_body_bytes=None)
+            if not await reader.discard_body(DISCARD_BODY_BYTES, DISCARD_BODY_S):
+                response.headers.append((b"connection", b"close"))
         try:
             await response.send(send, head=head)
         except OSError:

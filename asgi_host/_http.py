@@ -87,7 +87,17 @@ class Request:
     reading the body.
     """
 
-    __slots__ = ("_body", "_headers", "body_timeout_s", "max_body_bytes", "receive", "scope", "state")
+    __slots__ = (
+        "_body",
+        "_ended",
+        "_headers",
+        "_received",
+        "body_timeout_s",
+        "max_body_bytes",
+        "receive",
+        "scope",
+        "state",
+    )
 
     def __init__(
         self,
@@ -105,6 +115,8 @@ class Request:
         self.body_timeout_s = body_timeout_s
         self._headers: dict[str, str] | None = None
         self._body: bytes | None = None
+        self._ended = False  # the last body message (or a disconnect) has been received
+        self._received = 0  # body bytes received so far
 
     @property
     def method(self) -> str:
@@ -158,22 +170,56 @@ class Request:
         return self._body
 
     async def _read(self, chunks: list[bytes], limit: int | None) -> None:
-        size = 0
         while True:
             message = await self.receive()
             kind = message.get("type")
             if kind == "http.disconnect":
+                self._ended = True
                 raise ClientDisconnect("the client disconnected while sending the body")
             if kind != "http.request":
                 raise HTTPError(400, f"unexpected ASGI message {kind!r} while reading the body")
             chunk = message.get("body", b"")
-            size += len(chunk)
-            if limit is not None and size > limit:
+            self._received += len(chunk)
+            if not message.get("more_body", False):
+                self._ended = True
+            if limit is not None and self._received > limit:
                 raise _too_large(limit)
             if chunk:
                 chunks.append(chunk)
-            if not message.get("more_body", False):
+            if self._ended:
                 return
+
+    def _declares_body(self) -> bool:
+        length = self.headers.get("content-length")
+        if length is not None:
+            return not length.isdigit() or int(length) > 0
+        return "chunked" in self.headers.get("transfer-encoding", "").lower()
+
+    async def discard_body(self, max_bytes: int, timeout_s: float) -> bool:
+        """Read and drop what is left of the body, at most `max_bytes` within `timeout_s`.
+
+        For an error answered before the body was read: an HTTP/1.1 server can only reuse the
+        connection once the request's body has been consumed. True when nothing is left (the
+        connection can stay open); False when the rest is too big or too slow (answer with
+        `Connection: close`).
+        """
+        if self._ended or self._body is not None or not self._declares_body():
+            return True
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) - self._received > max_bytes:
+            return False
+        dropped = 0
+        with anyio.move_on_after(timeout_s):
+            while dropped <= max_bytes:
+                message = await self.receive()
+                if message.get("type") != "http.request":
+                    self._ended = True
+                    return False
+                dropped += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self._ended = True
+                    return dropped <= max_bytes
+        return False
 
 
 def _too_large(limit: int) -> HTTPError:

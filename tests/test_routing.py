@@ -93,9 +93,15 @@ async def test_body_over_the_limit_is_413_while_reading() -> None:
 
 
 async def test_declared_content_length_over_the_limit_is_refused_before_reading() -> None:
-    result = await request(make_host(max_body_bytes=4), "POST", "/items", body=b"0123456789")
+    big = b"x" * (200 * 1024)  # more than the host discards to keep the connection
+    result = await request(make_host(max_body_bytes=4), "POST", "/items", body=big)
     assert result.status == 413
     assert [m for d, m in result.transcript if d == "receive" and m["type"] == "http.request"] == []
+    assert result.header("connection") == "close"
+    # A small body is read and dropped after the refusal, so the connection can serve the next request.
+    small = await request(make_host(max_body_bytes=4), "POST", "/items", body=b"0123456789")
+    assert small.status == 413
+    assert small.header("connection") is None
 
 
 async def test_client_disconnect_mid_body_sends_nothing() -> None:
