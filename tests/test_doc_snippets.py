@@ -1,0 +1,57 @@
+"""The README's and docs' Python snippets run as written."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from asgi_host.testing import LifespanDriver
+from tests._server import ROOT
+
+pytestmark = pytest.mark.anyio
+
+
+def python_block(markdown: str, after: str) -> str:
+    """The first ```python block after the line starting with `after`."""
+    text = (ROOT / markdown).read_text()
+    start = text.index(after)
+    match = re.search(r"```python\n(.*?)```", text[start:], re.DOTALL)
+    assert match is not None, f"no python block after {after!r} in {markdown}"
+    return match.group(1)
+
+
+def test_the_readme_own_model_block_is_the_example_file() -> None:
+    block = python_block("README.md", "## Your own model")
+    assert block == (ROOT / "examples" / "own_model.py").read_text()
+
+
+async def test_the_own_model_example_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # its weights path is relative to where the server starts
+    from examples.own_model import app
+
+    async with LifespanDriver(app) as lifespan:
+        result = await lifespan.request("POST", "/predict", json={"inputs": [[1, 2, 3, 4, 5, 6, 7, 8]] * 3})
+        assert result.status == 200, result.body
+        answer = result.json()
+        assert len(answer["outputs"]) == 3
+        assert answer["labels"][0] in ("cat", "dog")
+        assert sum(answer["outputs"][0]) == pytest.approx(1.0)
+        wrong = await lifespan.request("POST", "/predict", json={"inputs": [[1, 2, 3]]})
+        assert wrong.status == 422
+
+
+async def test_the_struct_endpoint_snippet_in_predict_md_serves() -> None:
+    namespace: dict[str, Any] = {"__name__": "predict_md_snippet"}
+    code = compile(
+        python_block("docs/predict.md", "## Your own schema"), "docs/predict.md", "exec", dont_inherit=True
+    )
+    exec(code, namespace)
+    async with LifespanDriver(namespace["app"]) as lifespan:
+        result = await lifespan.request("POST", "/score", json={"texts": ["a b c", "hello"]})
+        assert result.status == 200, result.body
+        assert len(result.json()["scores"]) == 2
+        empty = await lifespan.request("POST", "/score", json={"texts": []})
+        assert empty.status == 422
+        assert empty.json()["error"]["path"] == "$.texts"
