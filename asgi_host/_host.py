@@ -16,6 +16,7 @@ from ._health import Readiness, readiness, refusal
 from ._http import Request, Response, error_response
 from ._lazy import LazyStart
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
+from ._logging import default_logging
 from ._propagation import SubAppLifespan, SubAppLifespanError, drive_lifespan
 from ._resources import Progress, Resource, ResourceStack, as_resource
 from ._routing import Endpoint, Mount, Route, Router, route_path
@@ -267,6 +268,7 @@ class Host:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
+            default_logging()
             state = scope.get("state")
             # Driven by `lifespan()` for a parent app: the parent's server will
             # not copy this state into our request scopes, so we add it ourselves.

@@ -16,7 +16,6 @@ unknown `IRIS_` variable stops the import with the list of known ones.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -33,16 +32,6 @@ from .iris import FEATURES, LABELS, WEIGHTS, IrisMLP
 
 if TYPE_CHECKING:
     from asgi_host.metrics import Metrics
-
-# hypercorn configures only its own loggers; show the model's load and release lines.
-_log = logging.getLogger("asgi_host")
-if not _log.handlers:
-    _handler = logging.StreamHandler()
-    _handler.setFormatter(
-        logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
-    )
-    _log.addHandler(_handler)
-    _log.setLevel(logging.INFO)
 
 
 async def index(request: Request) -> Response:
