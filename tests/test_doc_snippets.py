@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from typing import Any
 
 import pytest
@@ -55,3 +57,28 @@ async def test_the_struct_endpoint_snippet_in_predict_md_serves() -> None:
         empty = await lifespan.request("POST", "/score", json={"texts": []})
         assert empty.status == 422
         assert empty.json()["error"]["path"] == "$.texts"
+
+
+def exec_block(markdown: str, after: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run the block as a module of its own (frameworks look their handlers' modules up)."""
+    module = types.ModuleType("doc_snippet")
+    monkeypatch.setitem(sys.modules, "doc_snippet", module)
+    exec(compile(python_block(markdown, after), markdown, "exec", dont_inherit=True), module.__dict__)
+    return module.__dict__
+
+
+async def test_the_litestar_snippet_in_embedding_md_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = exec_block("docs/embedding.md", "## The host under Litestar", monkeypatch)["app"]
+    async with LifespanDriver(app) as lifespan:
+        result = await lifespan.request("POST", "/model/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
+    assert result.json()["labels"] == ["setosa"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # Quart runs on asyncio only
+async def test_the_quart_snippet_in_embedding_md_serves(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = exec_block("docs/embedding.md", "The other direction, an existing Quart app", monkeypatch)["app"]
+    async with LifespanDriver(app) as lifespan:
+        hello = await lifespan.request("GET", "/quart/hello")
+    assert hello.json() == {"hello": "from Quart"}

@@ -95,3 +95,34 @@ def test_fastapi_parent_under_hypercorn(tmp_path: Path) -> None:
     assert hello.status_code == 200
     assert exit_code == 0
     assert "model 'model' released" in server.output()
+
+
+@pytest.mark.anyio
+async def test_litestar_mounts_and_starts_the_host() -> None:
+    from examples import embed_litestar
+
+    async with LifespanDriver(embed_litestar.app) as lifespan:
+        assert embed_litestar.host.phase is LifespanPhase.STARTED
+        predicted = await lifespan.request("POST", "/model/predict", json=ROW)  # /predict/ inside
+        ready = await lifespan.request("GET", "/model/readyz")
+        hello = await lifespan.request("GET", "/hello")
+    assert predicted.status == 200, predicted.body
+    assert predicted.json()["labels"] == ["setosa"]
+    assert ready.json() == {"status": "ready"}
+    assert hello.json() == {"hello": "from Litestar"}
+    assert embed_litestar.host.phase is LifespanPhase.STOPPED
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # Quart runs on asyncio only
+async def test_quart_mounted_in_the_host_gets_its_lifespan(anyio_backend: str) -> None:
+    from examples import embed_quart
+
+    embed_quart.events.clear()
+    async with LifespanDriver(embed_quart.app) as lifespan:
+        assert embed_quart.events == ["quart started"]
+        hello = await lifespan.request("GET", "/quart/hello")
+        predicted = await lifespan.request("POST", "/predict", json=ROW)
+    assert hello.json() == {"hello": "from Quart"}
+    assert predicted.json()["labels"] == ["setosa"]
+    assert embed_quart.events == ["quart started", "quart stopped"]
