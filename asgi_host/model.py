@@ -253,24 +253,38 @@ def _cuda_graph_thread_state() -> None:
     local.tree_manager_locks = collections.defaultdict(threading.Lock)
 
 
+_SKIP_INIT_LOCK = threading.Lock()
+
+
 @contextmanager
 def _skipped_init() -> Iterator[None]:
-    """No random init while building on the meta device: there is nothing to fill, and on meta
-    `normal_` runs through torch._refs, whose first use imports torch._dynamo (1.0-1.5 s of
-    MiniLM's startup, measured). The weights replace every parameter afterwards anyway."""
-    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {name: getattr(nn.init, name) for name in names}
+    """No random init in this thread while building on the meta device: there is nothing to fill,
+    and on meta `normal_` runs through torch._refs, whose first use imports torch._dynamo (1.0-1.5 s
+    of MiniLM's startup, measured). The weights replace every parameter afterwards anyway.
 
-    def keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return tensor
+    `torch.nn.init` is patched for the duration, but other threads calling it meanwhile get the real
+    functions, and meta builds take turns (a lock), so nothing else ever skips its init.
+    """
+    owner = threading.get_ident()
 
-    try:
-        for name in names:
-            setattr(nn.init, name, keep)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+    def keeping(original: Callable[..., Any]) -> Callable[..., Any]:
+        def keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == owner:
+                return tensor
+            return original(tensor, *args, **kwargs)
+
+        return keep
+
+    with _SKIP_INIT_LOCK:
+        names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+        saved = {name: getattr(nn.init, name) for name in names}
+        try:
+            for name in names:
+                setattr(nn.init, name, keeping(saved[name]))
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(nn.init, name, fn)
 
 
 def _oom_detail(exc: BaseException) -> str:

@@ -326,3 +326,31 @@ def test_weights_become_the_parameters_without_a_copy(tmp_path: Path) -> None:
     assert not any(t.is_meta for t in (*module.parameters(), *module.buffers()))
     reference = load_file(str(WEIGHTS))
     assert all(torch.equal(v.cpu(), reference[k]) for k, v in module.state_dict().items())
+
+
+def test_skipping_init_on_meta_never_touches_other_threads() -> None:
+    # The meta build skips random init in its own thread only; torch.nn.init is whole again after.
+    originals = {name: getattr(nn.init, name) for name in ("ones_", "normal_", "kaiming_uniform_")}
+    building, checked = threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def build() -> nn.Module:
+        building.set()
+        checked.wait(10)
+        return IrisMLP()
+
+    def other_thread() -> None:
+        building.wait(10)
+        t = torch.zeros(3)
+        nn.init.ones_(t)
+        seen["filled"] = bool(torch.equal(t, torch.ones(3)))
+        checked.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    module = TorchModel(build, WEIGHTS, device="cpu").load()[0]
+    worker.join(10)
+    assert seen == {"filled": True}
+    assert all(getattr(nn.init, name) is fn for name, fn in originals.items())
+    reference = load_file(str(WEIGHTS))
+    assert all(torch.equal(v, reference[k]) for k, v in module.state_dict().items())
