@@ -38,13 +38,17 @@ def claims_path() -> Path:
     return Path(tempfile.gettempdir()) / f"asgi_host-gpu-placement-{os.getuid()}.json"
 
 
-def choose_cuda_device(path: str | os.PathLike[str] | None = None) -> torch.device:
-    """The CUDA device this process should load its model on; its claim is recorded in `path`."""
+def choose_cuda_device(lock_path: str | os.PathLike[str] | None = None) -> torch.device:
+    """The CUDA device this process should load its model on.
+
+    `lock_path` is the JSON claims file (default `claims_path()`), locked through `<lock_path>.lock`.
+    """
     count = torch.cuda.device_count()
     if count <= 1:
         return torch.device("cuda:0")
-    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
-    claims_file = Path(path) if path is not None else claims_path()
+    memory = [torch.cuda.mem_get_info(i) for i in range(count)]  # (free, total) bytes
+    free = [free_bytes for free_bytes, _ in memory]
+    claims_file = Path(lock_path) if lock_path is not None else claims_path()
     try:
         with _locked(claims_file):
             claims = _live_claims(claims_file)
@@ -56,21 +60,20 @@ def choose_cuda_device(path: str | os.PathLike[str] | None = None) -> torch.devi
         index = max(range(count), key=lambda i: (free[i], -i))
         others = [0] * count
         logger.warning("placement file %s unusable (%s): choosing by free memory alone", claims_file, exc)
-    total = torch.cuda.mem_get_info(index)[1]
     logger.info(
         "device='auto' with %d GPUs: cuda:%d (free %.0f MiB of %.0f MiB; other processes per GPU: %s)",
         count,
         index,
         free[index] / MIB,
-        total / MIB,
+        memory[index][1] / MIB,
         others,
     )
     return torch.device(f"cuda:{index}")
 
 
-def release_claim(path: str | os.PathLike[str] | None = None) -> None:
+def release_claim(lock_path: str | os.PathLike[str] | None = None) -> None:
     """Forget this process's claim (at shutdown). Idempotent; never raises."""
-    claims_file = Path(path) if path is not None else claims_path()
+    claims_file = Path(lock_path) if lock_path is not None else claims_path()
     if not claims_file.exists():
         return
     try:

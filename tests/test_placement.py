@@ -33,10 +33,12 @@ torch.cuda.device_count = lambda: len(free)
 torch.cuda.mem_get_info = lambda i=None: (free[i], 80 * 2**30)
 from asgi_host.model import resolve_device
 here = Path(sys.argv[1])
-deadline = time.monotonic() + 20
+(here / f"ready-{{os.getpid()}}").touch()
+deadline = time.monotonic() + 10
 while not (here / "go").exists() and time.monotonic() < deadline:  # start together
     time.sleep(0.001)
 print(resolve_device("auto").index, flush=True)
+deadline = time.monotonic() + 10
 while not (here / "stop").exists() and time.monotonic() < deadline:  # keep the claim alive
     time.sleep(0.01)
 """
@@ -62,7 +64,11 @@ def test_processes_started_together_spread_over_the_gpus(tmp_path: Path) -> None
         for _ in range(4)
     ]
     try:
-        time.sleep(2.0)  # let them all import torch and wait at the line
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("ready-*"))) < len(children):  # all imported torch, at the line
+            assert time.monotonic() < deadline, "the children did not get ready"
+            assert all(child.poll() is None for child in children), "a child exited early"
+            time.sleep(0.01)
         (tmp_path / "go").touch()
         chosen = []
         for child in children:
@@ -74,6 +80,8 @@ def test_processes_started_together_spread_over_the_gpus(tmp_path: Path) -> None
         assert {int(pid) for pid in claims} == {child.pid for child in children}
     finally:
         (tmp_path / "stop").touch()
+        for child in children:
+            child.terminate()
         for child in children:
             try:
                 child.wait(timeout=10)
@@ -108,6 +116,24 @@ def test_a_live_claim_sends_the_next_process_elsewhere(four_gpus: Path) -> None:
 def test_a_corrupt_claims_file_is_started_afresh(four_gpus: Path) -> None:
     four_gpus.write_text("{not json")
     assert choose_cuda_device() == torch.device("cuda:1")
+
+
+def test_an_unusable_lock_file_falls_back_to_free_memory(
+    four_gpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    four_gpus.write_text(json.dumps({"1": 1}))  # would send us to cuda:3, but cannot be read
+    missing = tmp_path / "no-such-dir" / "claims.json"  # the lock file cannot be created there
+    with caplog.at_level("WARNING", logger="asgi_host.model"):
+        assert choose_cuda_device(missing) == torch.device("cuda:1")
+    assert "choosing by free memory alone" in caplog.text
+    release_claim(missing)  # never raises
+
+
+def test_placement_is_logged(four_gpus: Path, caplog: pytest.LogCaptureFixture) -> None:
+    four_gpus.write_text(json.dumps({"1": 1}))
+    with caplog.at_level("INFO", logger="asgi_host.model"):
+        choose_cuda_device()
+    assert "cuda:3 (free 61440 MiB of 81920 MiB; other processes per GPU: [0, 1, 0, 0])" in caplog.text
 
 
 def test_release_forgets_this_process(four_gpus: Path) -> None:
