@@ -47,8 +47,10 @@ def classifier_endpoint(
     With `batching`, concurrent requests share forward passes (see `Batching`);
     the endpoint's batcher is in `endpoint.resources` and the host starts it.
     """
-    assert n_features >= 1, "a classifier needs at least one feature"
-    assert labels, "a classifier needs labels"
+    if n_features < 1:
+        raise ValueError(f"a classifier needs at least one feature, got n_features={n_features}")
+    if not labels:
+        raise ValueError("a classifier needs labels: pass labels=[...], one per output column")
     label_list = list(labels)
     row = Annotated[list[float], msgspec.Meta(min_length=n_features, max_length=n_features)]
     request_type = msgspec.defstruct(

@@ -86,7 +86,8 @@ class HTTPError(AsgiHostError):
         path: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
     ) -> None:
-        assert 400 <= status <= 599, "HTTPError is for 4xx and 5xx statuses"
+        if not 400 <= status <= 599:
+            raise ValueError(f"HTTPError is for 4xx and 5xx statuses, got {status}")
         self.status = status
         self.type = type or ERROR_TYPES.get(status, "error")
         self.message = message

@@ -118,7 +118,8 @@ class Host:
             shutdown_timeout_s=shutdown_timeout_s,
         )
         names = [r.name for r in self._stack.resources]
-        assert len(set(names)) == len(names), f"resource names must be unique, got {names}"
+        if len(set(names)) != len(names):
+            raise ValueError(f"resource names must be unique, got {names}: give each a name=")
         self._lifespan = LifespanTracker()
         # True while the state handlers need is in every request scope because
         # the server copies the lifespan scope's `state` into it.
@@ -131,7 +132,8 @@ class Host:
             self._add_probe(livez_path, self._livez)
         if readyz_path is not None:
             self._add_probe(readyz_path, self._readyz)
-        assert lazy_start in (None, "wait", "unavailable"), "lazy_start is None, 'wait' or 'unavailable'"
+        if lazy_start not in (None, "wait", "unavailable"):
+            raise ValueError(f"lazy_start is None, 'wait' or 'unavailable', got {lazy_start!r}")
         self.lazy_start = lazy_start
         self._lazy = (
             LazyStart(lazy_start, self.lifespan, self.readiness, startup_timeout_s) if lazy_start else None
@@ -149,10 +151,11 @@ class Host:
     def _check_probe_paths(self) -> None:
         for path in self._probe_paths:
             mount = self.router.mount_for(path)
-            assert mount is None, (
-                f"probe path {path!r} is under mount {mount.prefix!r}: pass another livez_path, readyz_path"
-                " or metrics path"
-            )
+            if mount is not None:
+                raise ValueError(
+                    f"probe path {path!r} is under mount {mount.prefix!r}: pass another livez_path, "
+                    "readyz_path or metrics path"
+                )
 
     @property
     def progress(self) -> Progress:
@@ -260,7 +263,8 @@ class Host:
         self.router.add(mount)
         self._check_probe_paths()
         if lifespan:
-            assert self.phase is LifespanPhase.IDLE, "mount with lifespan=True before the host starts"
+            if self.phase is not LifespanPhase.IDLE:
+                raise RuntimeError("mount with lifespan=True before the host starts, so it starts with it")
             self._stack.resources.append(SubAppLifespan(mount.prefix, app))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

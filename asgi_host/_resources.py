@@ -57,7 +57,10 @@ class Resource:
     def __init__(
         self, factory: Callable[..., AbstractAsyncContextManager[Any]], *, name: str | None = None
     ) -> None:
-        assert callable(factory), "a resource is a callable returning an async context manager"
+        if not callable(factory):
+            raise TypeError(
+                f"a resource is a callable returning an async context manager, got {type(factory).__name__}"
+            )
         self.factory = factory
         self.name = name or getattr(factory, "__name__", None) or type(factory).__name__
         self._takes_host = _positional_arity(factory) >= 1

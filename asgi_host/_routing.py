@@ -20,14 +20,18 @@ class Route:
     """
 
     def __init__(self, path: str, endpoint: Endpoint, *, methods: Iterable[str] = ("GET",)) -> None:
-        assert path.startswith("/"), f"route path {path!r} must start with '/'"
-        assert inspect.iscoroutinefunction(endpoint) or inspect.iscoroutinefunction(
-            type(endpoint).__call__  # endpoint objects with an async __call__
-        ), f"endpoint for {path!r} must be an async function"
+        if not path.startswith("/"):
+            raise ValueError(f"route path {path!r} must start with '/'")
+        if not (
+            inspect.iscoroutinefunction(endpoint)
+            or inspect.iscoroutinefunction(type(endpoint).__call__)  # objects with an async __call__
+        ):
+            raise TypeError(f"endpoint for {path!r} must be an async function (async def endpoint(request))")
         self.path = path
         self.endpoint = endpoint
         self.methods = frozenset(m.upper() for m in methods)
-        assert self.methods, f"route {path!r} needs at least one method"
+        if not self.methods:
+            raise ValueError(f"route {path!r} needs at least one method")
 
     def __repr__(self) -> str:
         return f"Route({self.path!r}, methods={sorted(self.methods)})"
@@ -46,7 +50,8 @@ class Mount:
 
     def __init__(self, prefix: str, app: ASGIApp, *, lifespan: bool = False) -> None:
         prefix = prefix.rstrip("/")
-        assert prefix.startswith("/"), f"mount prefix {prefix!r} must start with '/' and not be the root"
+        if not prefix.startswith("/"):
+            raise ValueError(f"mount prefix {prefix!r} must start with '/' and not be the root")
         self.prefix = prefix
         self.app = app
         self.lifespan = lifespan
@@ -90,13 +95,16 @@ class Router:
 
     def add(self, item: Route | Mount) -> None:
         if isinstance(item, Mount):
-            assert all(m.prefix != item.prefix for m in self.mounts), f"two mounts at {item.prefix!r}"
+            if any(m.prefix == item.prefix for m in self.mounts):
+                raise ValueError(f"two mounts at {item.prefix!r}")
             self.mounts.append(item)
             self.mounts.sort(key=lambda m: len(m.prefix), reverse=True)
             return
         table = self.paths.setdefault(item.path, {})
+        taken = sorted(item.methods & table.keys())
+        if taken:
+            raise ValueError(f"two routes for {taken[0]} {item.path}")
         for method in item.methods:
-            assert method not in table, f"two routes for {method} {item.path}"
             table[method] = item.endpoint
 
     def mount_for(self, path: str) -> Mount | None:

@@ -60,7 +60,8 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         latency_buckets_s: Sequence[float] = LATENCY_BUCKETS_S,
     ) -> None:
-        assert path.startswith("/"), "the metrics path must start with '/'"
+        if not path.startswith("/"):
+            raise ValueError(f"the metrics path must start with '/', got {path!r}")
         self.path = path
         self.registry = registry or CollectorRegistry()
         r = self.registry

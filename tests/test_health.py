@@ -220,10 +220,10 @@ async def test_health_paths_are_configurable_and_never_collide() -> None:
     host = Host(livez_path="/healthz", readyz_path=None)
     assert (await request(host, "GET", "/healthz")).status == 200
     assert (await request(host, "GET", "/readyz")).status == 404
-    with pytest.raises(AssertionError, match="two routes for GET /livez"):
+    with pytest.raises(ValueError, match="two routes for GET /livez"):
         Host(routes=[Route("/livez", use_model)])
-    with pytest.raises(AssertionError, match="probe path '/readyz' is under mount '/readyz'"):
+    with pytest.raises(ValueError, match="probe path '/readyz' is under mount '/readyz'"):
         Host(routes=[Mount("/readyz", Host())])
     host = Host()
-    with pytest.raises(AssertionError, match="probe path '/livez' is under mount '/livez'"):
+    with pytest.raises(ValueError, match="probe path '/livez' is under mount '/livez'"):
         host.mount("/livez", Host())

@@ -67,9 +67,9 @@ async def test_metrics_after_traffic() -> None:
 
 
 def test_metrics_path_must_not_collide() -> None:
-    with pytest.raises(AssertionError, match="probe path '/metrics' is under mount '/metrics'"):
+    with pytest.raises(ValueError, match="probe path '/metrics' is under mount '/metrics'"):
         Host(routes=[Mount("/metrics", Host())], metrics=Metrics())
-    with pytest.raises(AssertionError, match="two routes for GET /stats"):
+    with pytest.raises(ValueError, match="two routes for GET /stats"):
         Host(routes=[Route("/stats", Host()._livez)], metrics=Metrics(path="/stats"))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -214,13 +216,13 @@ async def test_decorator_route() -> None:
 
 
 def test_building_mistakes_are_caught_early() -> None:
-    with pytest.raises(AssertionError, match="must start with '/'"):
+    with pytest.raises(ValueError, match="must start with '/'"):
         Route("hello", hello)
-    with pytest.raises(AssertionError, match="must be an async function"):
+    with pytest.raises(TypeError, match="must be an async function"):
         Route("/x", lambda request: None)  # type: ignore[arg-type, return-value]
-    with pytest.raises(AssertionError, match="two routes for GET /hello"):
+    with pytest.raises(ValueError, match="two routes for GET /hello"):
         Host(routes=[Route("/hello", hello), Route("/hello", hello)])
-    with pytest.raises(AssertionError, match="mount prefix"):
+    with pytest.raises(ValueError, match="mount prefix"):
         Mount("/", echo_scope)
 
 
@@ -247,3 +249,23 @@ async def test_one_trailing_slash_names_the_same_route() -> None:
     assert (await request(host, "GET", "/slash/")).body == b"slash"  # a route declared with one is exact
     assert (await request(host, "GET", "/ping//")).status == 404  # one slash, not any number
     assert (await request(host, "GET", "/ping/", root_path="/model")).body == b"pong"
+
+
+def test_argument_checks_hold_under_python_dash_o() -> None:
+    # Not asserts: `python -O` strips those, and the mistake would surface later, far from its cause.
+    code = (
+        "from asgi_host import HTTPError, Route\n"
+        "from asgi_host.model import classifier_endpoint\n"
+        "async def ok(request): ...\n"
+        "for make, kind in ((lambda: Route('x', ok), ValueError),\n"
+        "                   (lambda: Route('/x', lambda r: r), TypeError),\n"
+        "                   (lambda: HTTPError(200, 'no'), ValueError),\n"
+        "                   (lambda: classifier_endpoint(labels=[], n_features=4), ValueError)):\n"
+        "    try:\n"
+        "        make()\n"
+        "    except kind:\n"
+        "        continue\n"
+        "    raise SystemExit(f'no {kind.__name__}')\n"
+    )
+    result = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
