@@ -12,6 +12,7 @@ import pytest
 
 from asgi_host import (
     Host,
+    LifespanError,
     LifespanPhase,
     LifespanProtocolError,
     Request,
@@ -20,6 +21,7 @@ from asgi_host import (
     Route,
     StartupError,
 )
+from asgi_host._lifespan import _MOVES, LifespanTracker
 from asgi_host._types import Message
 from asgi_host.testing import AppTimeout, LifespanDriver, LifespanFailed, Transcript, call
 
@@ -375,3 +377,53 @@ async def test_a_resource_may_hold_a_task_group_open_across_its_yield(hang_on_ex
     else:
         assert sent(transcript)[-1] == {"type": "lifespan.shutdown.complete"}
         assert events == ["running", "stopped"]
+
+
+IMPOSSIBLE = [(old, new) for old in LifespanPhase for new in LifespanPhase if new not in _MOVES[old]]
+
+
+@pytest.mark.parametrize(("old", "new"), IMPOSSIBLE, ids=[f"{o.value}-{n.value}" for o, n in IMPOSSIBLE])
+def test_an_impossible_transition_names_both_phases_and_changes_nothing(
+    old: LifespanPhase, new: LifespanPhase
+) -> None:
+    tracker = LifespanTracker()
+    tracker.phase = old
+    with pytest.raises(
+        LifespanError, match=f"^impossible lifespan transition from '{old.value}' to '{new.value}'$"
+    ):
+        tracker.move(new)
+    assert tracker.phase is old
+
+
+def test_a_move_the_server_asked_for_is_its_protocol_error() -> None:
+    tracker = LifespanTracker()
+    for phase in (LifespanPhase.STARTING, LifespanPhase.STARTED):
+        tracker.move(phase)
+    with pytest.raises(LifespanProtocolError, match=r"'lifespan\.startup' in state 'started'"):
+        tracker.move(LifespanPhase.STARTING, message_type="lifespan.startup")
+    assert tracker.phase is LifespanPhase.STARTED
+
+
+async def test_a_full_lifespan_goes_through_checked_moves_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    moves: list[tuple[str, str]] = []
+    real_move = LifespanTracker.move
+
+    def move(self: LifespanTracker, new: LifespanPhase, *, message_type: str | None = None) -> None:
+        moves.append((self.phase.value, new.value))
+        real_move(self, new, message_type=message_type)
+
+    monkeypatch.setattr(LifespanTracker, "move", move)
+    host = Host(resources=[tracked("a", [])])
+    await call(host, lifespan_scope(), [STARTUP, SHUTDOWN])
+    with pytest.raises(LifespanFailed):
+        async with LifespanDriver(Host(resources=[tracked("b", [], fail_enter=RuntimeError("x"))])):
+            pass
+    assert moves == [
+        ("idle", "starting"),
+        ("starting", "started"),
+        ("started", "stopping"),
+        ("stopping", "stopped"),
+        ("idle", "starting"),
+        ("starting", "failed"),
+    ]
+    assert host.phase is LifespanPhase.STOPPED
