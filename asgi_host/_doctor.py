@@ -40,6 +40,7 @@ class Report(msgspec.Struct, omit_defaults=True):
     shutdown: Phase | None = None
     state_keys: list[str] | None = None
     cuda_memory: dict[str, dict[str, int]] | None = None
+    resources: dict[str, dict[str, Any]] | None = None  # an asgi_host Host's readiness detail
     error: str | None = None
 
 
@@ -123,6 +124,7 @@ async def _run(
         started.set()
     report.startup = Phase(True, round(time.perf_counter() - began, 6))
     report.state_keys = sorted(driver.state)
+    report.resources = _resource_detail(app)
     after_startup = _cuda()
     if after_startup is not None:
         memory["after_startup"] = after_startup
@@ -144,6 +146,13 @@ async def _run(
         memory["after_shutdown"] = after_shutdown
     report.cuda_memory = memory or None
     return report
+
+
+def _resource_detail(app: ASGIApp) -> dict[str, dict[str, Any]] | None:
+    """What an asgi_host `Host` says of its resources once started (a model: where passes run)."""
+    readiness = getattr(app, "readiness", None)
+    resources = getattr(readiness() if callable(readiness) else None, "resources", None)
+    return {name: dict(detail) for name, detail in resources.items()} if resources else None
 
 
 def _message(exc: Exception) -> str:
@@ -177,6 +186,8 @@ def render(report: Report) -> str:
             lines.append(f"    {phase.message}")
     if report.state_keys is not None:
         lines.append(f"  state keys: {', '.join(report.state_keys) or '(none)'}")
+    for name, detail in (report.resources or {}).items():
+        lines.append(f"  {name}: " + ", ".join(f"{key}={value}" for key, value in detail.items()))
     if report.cuda_memory:
         for moment, numbers in report.cuda_memory.items():
             lines.append(

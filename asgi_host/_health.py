@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 import msgspec
 
 from ._errors import HTTPError
 from ._lifespan import LifespanPhase, LifespanTracker
-from ._resources import Progress
+from ._resources import Progress, Resource
 
 __all__ = ["Readiness", "readiness", "refusal"]
 
@@ -25,9 +26,13 @@ class Readiness(msgspec.Struct, omit_defaults=True):
     elapsed_s: float | None = None
     fraction: float | None = None
     in_flight: int | None = None
+    # Once ready: what each resource that has something to say shows (a model: where its passes run).
+    resources: dict[str, Mapping[str, Any]] | None = None
 
 
-def readiness(tracker: LifespanTracker, progress: Progress, in_flight: int) -> Readiness:
+def readiness(
+    tracker: LifespanTracker, progress: Progress, in_flight: int, resources: Iterable[Resource] = ()
+) -> Readiness:
     phase = tracker.phase
     if phase is LifespanPhase.IDLE:
         return Readiness(
@@ -51,7 +56,8 @@ def readiness(tracker: LifespanTracker, progress: Progress, in_flight: int) -> R
         return Readiness("failed", reason="startup or shutdown failed; the reason is in the server log")
     if phase in (LifespanPhase.STOPPING, LifespanPhase.STOPPED):
         return Readiness("draining", in_flight=in_flight)
-    return Readiness("ready")
+    details = {r.name: d for r in resources if (d := r.detail())}
+    return Readiness("ready", resources=details or None)
 
 
 def refusal(state: Readiness) -> HTTPError | None:

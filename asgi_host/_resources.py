@@ -99,6 +99,10 @@ class Resource:
 
         return cls(hooks, name=hook_name)
 
+    def detail(self) -> Mapping[str, Any] | None:
+        """What `/readyz` shows of this resource once the host is ready (None: nothing)."""
+        return None
+
     def __repr__(self) -> str:
         return f"Resource({self.name!r})"
 

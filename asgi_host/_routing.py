@@ -4,13 +4,36 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import NamedTuple
 
+from ._errors import HTTPError
 from ._http import Request, Response
-from ._types import ASGIApp, Scope
+from ._types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["Endpoint", "Mount", "Route", "Router", "route_path"]
+__all__ = ["Dispatch", "Endpoint", "Match", "Mount", "Route", "Router", "route_path"]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+UNMATCHED = "unmatched"
+
+
+class Match(NamedTuple):
+    """What a request's path and method resolve to: an endpoint, a mount, or an error.
+
+    `label` names what matched, for metrics and logs: the route's path, the
+    mount's prefix, or `unmatched`. `path` is the path the router looked up (one
+    trailing slash removed when that names a route).
+    """
+
+    path: str
+    label: str
+    endpoint: Endpoint | None = None
+    mount: Mount | None = None
+    error: HTTPError | None = None  # 404 or 405 (with `Allow`)
+
+
+# What serves a resolved request; metrics wrap it (see `Metrics.wrap`).
+Dispatch = Callable[[Scope, Receive, Send, Match], Awaitable[None]]
 
 
 class Route:
@@ -106,6 +129,30 @@ class Router:
             raise ValueError(f"two routes for {taken[0]} {item.path}")
         for method in item.methods:
             table[method] = item.endpoint
+
+    def resolve(self, path: str, method: str) -> Match:
+        """The one lookup per request: exact route, else mount, else 404; 405 for a wrong method."""
+        table = self.paths.get(path)
+        if table is None and len(path) > 1 and path.endswith("/") and path[:-1] in self.paths:
+            # One trailing slash names the same route: Litestar, for one, hands a mounted app
+            # `/predict/` for `/model/predict`.
+            path = path[:-1]
+            table = self.paths[path]
+        if table is not None:
+            endpoint = table.get(method) or (table.get("GET") if method == "HEAD" else None)
+            if endpoint is not None:
+                return Match(path, path, endpoint)
+            allowed = self.allowed(table)
+            error = HTTPError(
+                405,
+                f"method {method} is not allowed for {path!r}; allowed: {', '.join(allowed)}",
+                headers=[("allow", ", ".join(allowed))],
+            )
+            return Match(path, path, error=error)
+        mount = self.mount_for(path)
+        if mount is not None:
+            return Match(path, mount.prefix, mount=mount)
+        return Match(path, UNMATCHED, error=HTTPError(404, f"no route for {path!r}"))
 
     def mount_for(self, path: str) -> Mount | None:
         for mount in self.mounts:

@@ -37,6 +37,7 @@ def test_clean_app_exits_0_with_timings() -> None:
     assert "startup: ok in " in result.stdout
     assert "shutdown: ok in " in result.stdout
     assert "state keys: model" in result.stdout
+    assert "model: execution=inline, execution_reason=a pass takes" in result.stdout
     assert result.stdout.rstrip().endswith("result: ok")
 
 
@@ -113,6 +114,8 @@ async def test_check_in_process_on_both_backends() -> None:
     report = await check(make_app(IrisConfig(metrics=False)), "iris", timeout_s=30)
     assert report.exit_code == 0
     assert report.state_keys == ["model"]
+    assert report.resources is not None
+    assert report.resources["model"]["execution"] == "inline"  # the Iris pass is far under 0.5 ms
     assert report.startup is not None
     assert report.startup.seconds > 0
 

@@ -22,11 +22,11 @@ pytestmark = pytest.mark.anyio
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
-@pytest.fixture(params=[False, True], ids=["threaded", "inline"])
+@pytest.fixture(params=["thread", "inline"])
 async def iris(request: pytest.FixtureRequest) -> AsyncIterator[LifespanDriver]:
     """The default app, with forward passes in a thread and inline on the loop: same answers."""
-    async with LifespanDriver(make_app(IrisConfig(max_rows=200, inline=request.param))) as lifespan:
-        assert lifespan.state["model"].inline is request.param
+    async with LifespanDriver(make_app(IrisConfig(max_rows=200, execution=request.param))) as lifespan:
+        assert lifespan.state["model"].inline is (request.param == "inline")
         yield lifespan
 
 
