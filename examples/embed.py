@@ -9,6 +9,18 @@ Answers `{"embeddings": [[384 floats], ...]}`, unit length, so a dot product is
 the cosine similarity. JSON or MessagePack, the same errors and limits as
 /predict, and the same micro-batcher (`EMBED_BATCHING=on`). Settings:
 `EmbedConfig`, from `EMBED_CONFIG` (TOML) and `EMBED_*` variables.
+
+The same model and batcher also answer OpenAI's embeddings API
+(`asgi_host.openai_embeddings`): `POST /v1/embeddings`, `GET /v1/models` and
+`GET /v1/models/sentence-transformers/all-MiniLM-L6-v2` (the id is
+`EmbedConfig.model_name`), so the official client works as it is::
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+    client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=["A man is eating food."])
+
+`usage.prompt_tokens` counts the WordPiece tokens each text was run with:
+[CLS] and [SEP] included, after truncation to `max_tokens`, padding excluded.
+See docs/protocols.md.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from torch import nn
 from asgi_host import Batcher, Host, HTTPError, OutOfMemory, Request, Resource, Route, StructEndpoint
 from asgi_host.config import HostConfig, load_config
 from asgi_host.model import ModelHandle, TorchModel
+from asgi_host.openai_embeddings import OpenAIEmbeddings
 
 from ._compile import CompileMode, compile_setting
 from .minilm import MiniLM, load_tokenizer, model_dir
@@ -37,23 +50,37 @@ class EmbedConfig(HostConfig, frozen=True, kw_only=True):
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 256  # longer texts are truncated
     # torch.compile at startup, as IrisConfig.compile ("default", "reduce-overhead", ...).
     compile: CompileMode = "off"
+    # The model id of the OpenAI-compatible routes (clients send it; another is 404).
+    model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class Embeddings(msgspec.Struct):
     embeddings: list[list[float]]
 
 
-def _forward(module: nn.Module, texts: list[str], tokenizer: Any, device: torch.device) -> list[list[float]]:
+DIMENSIONS = 384  # all-MiniLM-L6-v2's hidden size: floats per embedding
+
+
+def _forward_counted(
+    module: nn.Module, texts: list[str], tokenizer: Any, device: torch.device
+) -> list[tuple[list[float], int]]:
+    """Each text's embedding and the tokens it was run with (after truncation, padding excluded)."""
     encoded = tokenizer.encode_batch(texts)
     ids = torch.tensor([e.ids for e in encoded], device=device)
     mask = torch.tensor([e.attention_mask for e in encoded], device=device)
     embeddings: list[list[float]] = module(ids, mask).float().cpu().tolist()
-    return embeddings
+    return [(vector, sum(e.attention_mask)) for vector, e in zip(embeddings, encoded, strict=True)]
 
 
-async def _embed(state: Mapping[str, Any], texts: list[str]) -> list[list[float]]:
+def _forward(module: nn.Module, texts: list[str], tokenizer: Any, device: torch.device) -> list[list[float]]:
+    return [vector for vector, _ in _forward_counted(module, texts, tokenizer, device)]
+
+
+async def _embed(state: Mapping[str, Any], texts: list[str]) -> list[tuple[list[float], int]]:
     handle: ModelHandle = state["model"]
-    result: list[list[float]] = await handle.run(_forward, texts, state["tokenizer"], handle.device)
+    result: list[tuple[list[float], int]] = await handle.run(
+        _forward_counted, texts, state["tokenizer"], handle.device
+    )
     return result
 
 
@@ -67,17 +94,22 @@ def make_app(config: EmbedConfig | None = None) -> Host:
     )
     batcher = Batcher(_embed, config.batching, name="model batcher") if config.batching else None
 
+    async def run(texts: list[str], request: Request) -> tuple[list[list[float]], list[int]]:
+        """The vectors and token counts of `texts`: one pass of the model, or through the batcher."""
+        if batcher:
+            pairs = await batcher.submit(texts, request)
+        else:
+            try:
+                pairs = await _embed(request.state, texts)
+            except OutOfMemory as exc:
+                raise exc.for_rows(len(texts)) from None
+        return [vector for vector, _ in pairs], [tokens for _, tokens in pairs]
+
     async def embed(body: Any, request: Request) -> Embeddings:
         texts: list[str] = body.texts
         if len(texts) > config.max_texts:
             raise HTTPError(413, f"{len(texts)} texts is more than max_texts={config.max_texts}; split them")
-        if batcher:
-            vectors = await batcher.submit(texts, request)
-        else:
-            try:
-                vectors = await _embed(request.state, texts)
-            except OutOfMemory as exc:
-                raise exc.for_rows(len(texts)) from None
+        vectors, _ = await run(texts, request)
         for i, vector in enumerate(vectors):
             if not all(math.isfinite(x) for x in vector):  # never answer NaN as an embedding
                 raise HTTPError(422, "the model's output for this text is not finite", path=f"$.texts[{i}]")
@@ -94,6 +126,15 @@ def make_app(config: EmbedConfig | None = None) -> Host:
     largest = config.batching.max_batch_rows if config.batching else config.max_texts
 
     endpoint = StructEndpoint(embed, request_type, resources=[batcher] if batcher else [])
+    # OpenAI's embeddings API over the same model and batcher (the batcher starts with /embed's endpoint).
+    openai = OpenAIEmbeddings(
+        run,
+        model=config.model_name,
+        dimensions=DIMENSIONS,
+        max_inputs=config.max_texts,
+        max_chars=config.max_chars,
+        owned_by="sentence-transformers",
+    )
     return Host(
         resources=[
             Resource.from_hooks(tokenizer, name="tokenizer"),
@@ -106,7 +147,7 @@ def make_app(config: EmbedConfig | None = None) -> Host:
                 warmup_batch_sizes=(1, largest) if config.compile != "off" else (),
             ),
         ],
-        routes=[Route("/embed", endpoint, methods=["POST"])],
+        routes=[Route("/embed", endpoint, methods=["POST"]), *openai.routes()],
         **config.host_kwargs(),
     )
 

@@ -1,0 +1,352 @@
+"""OpenAI-compatible embeddings: `POST /v1/embeddings` and `GET /v1/models` over any embedding function.
+
+The official `openai` client (and anything built on it) talks to a host with these routes::
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+    client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=["a", "b"])
+
+The routes are a thin msgspec layer: the host's model, batcher, limits and
+readiness stay as they are; only the wire format is OpenAI's. You give an
+async function that embeds a list of texts and counts the tokens each was run
+with::
+
+    async def embed(texts: list[str], request: Request) -> tuple[list[list[float]], list[int]]:
+        ...
+
+    openai = OpenAIEmbeddings(embed, model="my-model", dimensions=384, max_inputs=64, max_chars=2000)
+    app = Host(resources=[...], routes=[*openai.routes()])
+
+Errors are OpenAI's error object, `{"error": {"message", "type", "param", "code"}}`:
+invalid requests are 400 (OpenAI answers 400 where the host's own routes answer
+422), an unknown model 404, a body over `max_body_bytes` 413, another content
+type than JSON 415, and the host's own 503/504 (queue full, out of memory,
+timeout) keep their status and `Retry-After`. Answers the host gives before the
+endpoint runs (503 while loading, 405, 404 for other paths) are the host's error
+JSON, which also has `error.message` and `error.type`. See docs/protocols.md.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from ._errors import ClientDisconnect, HTTPError
+from ._http import Request, Response
+from ._resources import Resource
+from ._routing import Route
+
+__all__ = [
+    "EmbedFn",
+    "Embedding",
+    "EmbeddingsRequest",
+    "EmbeddingsResponse",
+    "Model",
+    "ModelList",
+    "OpenAIEmbeddings",
+    "OpenAIError",
+    "Usage",
+    "openai_error_response",
+]
+
+logger = logging.getLogger("asgi_host")
+
+EmbedFn = Callable[[list[str], Request], Awaitable[tuple[Sequence[Sequence[float]], Sequence[int]]]]
+"""`embed(texts, request) -> (vectors, token_counts)`: one vector and one token count per text, in order."""
+
+
+class EmbeddingsRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The body of `POST /v1/embeddings` (OpenAI's fields; any other is refused, as OpenAI does)."""
+
+    # Text, a list of texts, or OpenAI's token-id forms (list[int], list[list[int]]), which
+    # are decoded only to be refused with a clear message: the ids are another tokenizer's.
+    input: str | list[str | int | list[int]]
+    model: str
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None  # accepted and ignored
+
+
+class Embedding(msgspec.Struct, kw_only=True):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # floats, or base64 of little-endian float32
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class Model(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class _ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None  # always present, null when no single field is at fault (as OpenAI)
+    code: str | None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorDetail
+
+
+class OpenAIError(HTTPError):
+    """An error answered in OpenAI's shape by the OpenAI routes.
+
+    `{"error": {"message": ..., "type": "invalid_request_error", "param": "input", "code": null}}`.
+    `param` names the request field at fault, `code` a machine-readable reason
+    (`model_not_found`, ...). Raised elsewhere it is an `HTTPError` like any other.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(status, message, type=type or _openai_type(status), headers=headers)
+        self.param = param
+        self.code = code
+
+
+def _openai_type(status: int) -> str:
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+_json_encoder = msgspec.json.Encoder()
+
+
+def openai_error_response(error: HTTPError) -> Response:
+    """`error` as OpenAI's error object; the host's own errors (a 413, a 503) keep their status.
+
+    A 422 becomes 400, the status OpenAI uses for every invalid request; the host's
+    error type (`payload_too_large`, `out_of_memory`, ...) becomes the `code`.
+    """
+    if isinstance(error, OpenAIError):
+        status, kind, param, code = error.status, error.type, error.param, error.code
+    else:
+        status = 400 if error.status == 422 else error.status
+        kind, param, code = _openai_type(status), None, error.type
+    body = _ErrorBody(_ErrorDetail(message=error.message, type=kind, param=param, code=code))
+    return Response(
+        _json_encoder.encode(body), status=status, media_type="application/json", headers=error.headers
+    )
+
+
+def _base64_float32(vector: Sequence[float]) -> str:
+    packed = array.array("f", vector)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+class OpenAIEmbeddings:
+    """OpenAI's embeddings and models routes for one model, served by `embed`.
+
+    - `model`: the id clients send and `GET /v1/models` lists; another id is 404
+      (`model_not_found`).
+    - `dimensions`: the length of the model's vectors. A request's `dimensions`
+      must be absent or equal to it (400 otherwise): truncating a model that was
+      not trained for shorter vectors (Matryoshka) answers worse embeddings, silently.
+    - `max_inputs`, `max_chars`: texts per request and characters per text, at
+      most (400 past them); `max_body_bytes` overrides the host's body limit.
+    - `created`, `owned_by`: what the models list says (`created` defaults to
+      when this object was made).
+    - `resources` (a batcher, say) start with the host, as a `StructEndpoint`'s.
+
+    `embed(texts, request)` returns one vector and one token count per text;
+    `usage.prompt_tokens` is the sum of the counts, so count what the model saw
+    (after truncation). The object itself is the `POST` endpoint; `routes()`
+    gives all three routes under a prefix.
+    """
+
+    def __init__(
+        self,
+        embed: EmbedFn,
+        *,
+        model: str,
+        dimensions: int,
+        max_inputs: int = 2048,
+        max_chars: int | None = None,
+        max_body_bytes: int | None = None,
+        created: int | None = None,
+        owned_by: str = "asgi_host",
+        resources: Sequence[Resource] = (),
+    ) -> None:
+        if not model or "?" in model or "#" in model:
+            raise ValueError(f"model id {model!r} must be a non-empty path segment (no '?' or '#')")
+        for name, value in (("dimensions", dimensions), ("max_inputs", max_inputs), ("max_chars", max_chars)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.embed = embed
+        self.model = model
+        self.dimensions = dimensions
+        self.max_inputs = max_inputs
+        self.max_chars = max_chars
+        self.max_body_bytes = max_body_bytes
+        self.created = int(time.time()) if created is None else created
+        self.owned_by = owned_by
+        self.resources = tuple(resources)
+        self._decoder = msgspec.json.Decoder(EmbeddingsRequest)
+
+    def routes(self, prefix: str = "/v1") -> list[Route]:
+        """`POST {prefix}/embeddings`, `GET {prefix}/models` and `GET {prefix}/models/{model}`."""
+        prefix = prefix.rstrip("/")
+        return [
+            Route(f"{prefix}/embeddings", self, methods=["POST"]),
+            Route(f"{prefix}/models", self.list_models),
+            Route(f"{prefix}/models/{self.model}", self.retrieve_model),
+        ]
+
+    def model_card(self) -> Model:
+        return Model(id=self.model, created=self.created, owned_by=self.owned_by)
+
+    async def list_models(self, request: Request) -> Response:
+        return Response.json(ModelList(data=[self.model_card()]))
+
+    async def retrieve_model(self, request: Request) -> Response:
+        return Response.json(self.model_card())
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            return await self._embeddings(request)
+        except HTTPError as exc:
+            return openai_error_response(exc)
+
+    async def _embeddings(self, request: Request) -> Response:
+        content_type = request.headers.get("content-type")
+        media_type = content_type.partition(";")[0].strip().lower() if content_type else "application/json"
+        if media_type != "application/json":
+            raise OpenAIError(415, f"content type {media_type!r} is not supported; send application/json")
+        if self.max_body_bytes is not None:
+            request.max_body_bytes = self.max_body_bytes
+        body = self._decode(await request.body())
+        if body.model != self.model:
+            raise OpenAIError(
+                404,
+                f"The model `{body.model}` does not exist; this server serves `{self.model}` "
+                "(GET /v1/models lists it)",
+                param="model",
+                code="model_not_found",
+            )
+        if body.dimensions is not None and body.dimensions != self.dimensions:
+            raise OpenAIError(
+                400,
+                f"dimensions={body.dimensions} is not supported: `{self.model}` answers "
+                f"{self.dimensions} floats and is not trained for shorter vectors; leave dimensions "
+                f"out or send {self.dimensions}",
+                param="dimensions",
+            )
+        texts = self._texts(body.input)
+        try:
+            vectors, counts = await self.embed(texts, request)
+            data = self._encode(vectors, counts, len(texts), body.encoding_format)
+            tokens = sum(counts)
+        except (HTTPError, ClientDisconnect):
+            raise
+        except Exception:
+            logger.exception("unhandled error in %s %s", request.method, request.path)
+            raise OpenAIError(500, "internal server error; the traceback is in the server log") from None
+        return Response.json(
+            EmbeddingsResponse(
+                data=data, model=self.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+            )
+        )
+
+    def _decode(self, raw: bytes) -> EmbeddingsRequest:
+        try:
+            return self._decoder.decode(raw)
+        except msgspec.ValidationError as exc:  # a subclass of DecodeError: check it first
+            message, _, path = str(exc).partition(" - at `")
+            path = path.rstrip("`")
+            # The top-level field at fault: from the path, or named in the message when the path is
+            # the object itself ("Object missing required field `model`", "... unknown field `x`").
+            named = re.search(r"field `([^`]+)`", message)
+            top = path.removeprefix("$").removeprefix(".").partition("[")[0].partition(".")[0]
+            field = top or (named.group(1) if named else None)
+            if field == "encoding_format":
+                message += "; send 'float' or 'base64'"
+            raise OpenAIError(400, f"{message} (at {path})" if path else message, param=field) from None
+        except msgspec.DecodeError as exc:
+            raise OpenAIError(400, f"malformed JSON body: {exc}") from None
+
+    def _texts(self, value: str | list[str | int | list[int]]) -> list[str]:
+        items: list[Any] = [value] if isinstance(value, str) else value
+        if not items:
+            raise OpenAIError(
+                400, "input is an empty list; send a string or a list of strings", param="input"
+            )
+        if len(items) > self.max_inputs:
+            raise OpenAIError(
+                400,
+                f"{len(items)} inputs is more than max_inputs={self.max_inputs}; split them",
+                param="input",
+            )
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise OpenAIError(
+                    400,
+                    f"input[{i}] is a token id or token-id array; this server takes text only "
+                    "(the ids would be another tokenizer's): send strings",
+                    param="input",
+                )
+            if not item:
+                raise OpenAIError(400, f"input[{i}] is an empty string", param="input")
+            if self.max_chars is not None and len(item) > self.max_chars:
+                raise OpenAIError(
+                    400,
+                    f"input[{i}] has {len(item)} characters, more than max_chars={self.max_chars}",
+                    param="input",
+                )
+        return items
+
+    def _encode(
+        self, vectors: Sequence[Sequence[float]], counts: Sequence[int], n: int, encoding: str
+    ) -> list[Embedding]:
+        if len(vectors) != n or len(counts) != n:
+            raise RuntimeError(
+                f"embed returned {len(vectors)} vectors and {len(counts)} counts for {n} texts"
+            )
+        data: list[Embedding] = []
+        for i, vector in enumerate(vectors):
+            if len(vector) != self.dimensions:
+                raise RuntimeError(
+                    f"embed returned {len(vector)} floats for input[{i}], not {self.dimensions}"
+                )
+            if not all(math.isfinite(x) for x in vector):  # never answer NaN as an embedding
+                raise OpenAIError(400, f"the model's output for input[{i}] is not finite", param="input")
+            embedding: list[float] | str = (
+                _base64_float32(vector) if encoding == "base64" else [float(x) for x in vector]
+            )
+            data.append(Embedding(index=i, embedding=embedding))
+        return data
