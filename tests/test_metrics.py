@@ -97,3 +97,31 @@ async def test_invented_methods_share_one_label() -> None:
     assert (
         scraped[("asgi_host_requests_total", (("method", "other"), ("route", "/"), ("status", "405")))] == 50
     )
+
+
+async def test_metrics_wrap_the_dispatch_and_change_no_answer() -> None:
+    """On or off, every answer is the same; on, the wrapper sees each routed request once."""
+
+    async def hello(request: Request) -> Response:
+        return Response.json({"hello": "world"})
+
+    seen: list[tuple[str, int | None]] = []
+
+    class Recording(Metrics):
+        def observe(self, route: str, method: str, status: int | None, seconds: float) -> None:
+            seen.append((route, status))
+            super().observe(route, method, status, seconds)
+
+    answers: dict[bool, list[tuple[int, bytes]]] = {}
+    for on in (False, True):
+        host = Host(routes=[Route("/", hello), Mount("/sub", Host())], metrics=Recording() if on else None)
+        assert (host._dispatch == host._serve) is not on  # off: nothing between the host and the route
+        async with LifespanDriver(host) as lifespan:
+            results = [
+                await lifespan.request(method, path)
+                for method, path in (("GET", "/"), ("POST", "/"), ("GET", "/nowhere"), ("GET", "/sub/x"))
+            ]
+            await lifespan.request("GET", "/livez")
+        answers[on] = [(r.status, r.body) for r in results]
+    assert answers[True] == answers[False]
+    assert seen == [("/", 200), ("/", 405), ("unmatched", 404), ("/sub", 404)]

@@ -269,3 +269,52 @@ def test_argument_checks_hold_under_python_dash_o() -> None:
     )
     result = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_router_resolves_a_request_once() -> None:
+    from asgi_host._routing import Router
+
+    sub = Host()
+    router = Router([Route("/a", hello, methods=["GET", "POST"]), Route("/b", hello), Mount("/m", sub)])
+    found = router.resolve("/a", "POST")
+    assert (found.path, found.label, found.endpoint, found.mount, found.error) == (
+        "/a",
+        "/a",
+        hello,
+        None,
+        None,
+    )
+    assert router.resolve("/b", "HEAD").endpoint is hello  # HEAD comes with GET
+    assert router.resolve("/a/", "GET").path == "/a"  # one trailing slash names the route
+    wrong = router.resolve("/b", "DELETE")
+    assert wrong.error is not None
+    assert wrong.error.status == 405
+    assert ("allow", "GET, HEAD") in wrong.error.headers
+    mounted = router.resolve("/m/x", "GET")
+    assert (mounted.mount, mounted.label, mounted.error) == (router.mounts[0], "/m", None)
+    missing = router.resolve("/mx", "GET")  # not under /m: a mount matches on a slash boundary
+    assert (missing.label, missing.mount, missing.error and missing.error.status) == ("unmatched", None, 404)
+
+
+async def test_in_flight_counts_and_waits_for_idle() -> None:
+    import anyio
+
+    from asgi_host._inflight import InFlight
+
+    in_flight = InFlight()
+    assert await in_flight.wait_idle(0)  # nothing running: idle at once
+    release = anyio.Event()
+
+    async def work() -> None:
+        with in_flight:
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(work)
+        tg.start_soon(work)
+        await anyio.wait_all_tasks_blocked()
+        assert in_flight.count == 2
+        assert not await in_flight.wait_idle(0.01)  # bounded: gives up while work runs
+        release.set()
+        assert await in_flight.wait_idle(5)
+    assert in_flight.count == 0
