@@ -255,7 +255,7 @@ class OpenAIEmbeddings:
             raise OpenAIError(
                 404,
                 f"The model `{body.model}` does not exist; this server serves `{self.model}` "
-                "(GET /v1/models lists it)",
+                "(the models list names it)",
                 param="model",
                 code="model_not_found",
             )
@@ -263,8 +263,8 @@ class OpenAIEmbeddings:
             raise OpenAIError(
                 400,
                 f"dimensions={body.dimensions} is not supported: `{self.model}` answers "
-                f"{self.dimensions} floats and is not trained for shorter vectors; leave dimensions "
-                f"out or send {self.dimensions}",
+                f"{self.dimensions} floats, and shorter embeddings need a model trained for them; "
+                f"leave dimensions out or send {self.dimensions}",
                 param="dimensions",
             )
         texts = self._texts(body.input)
