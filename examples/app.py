@@ -25,6 +25,7 @@ import torch
 
 from asgi_host import Host, Request, Response, Route
 from asgi_host.config import HostConfig, load_config
+from asgi_host.kserve import TensorSpec, V2Model, kserve_routes
 from asgi_host.model import TorchModel, classifier_endpoint
 
 from ._compile import CompileMode, compile_setting
@@ -78,9 +79,20 @@ def make_app(config: IrisConfig | None = None) -> Host:
         max_rows=config.max_rows,
         batching=config.batching,
     )
+    # The same model as v2 model `iris` (Open Inference Protocol: tritonclient, KServe clients),
+    # answering /predict's probabilities: the softmax of the logits.
+    iris = V2Model(
+        name="iris",
+        resource="model",
+        inputs=[TensorSpec("input", "FP32", [-1, len(FEATURES)])],
+        outputs=[TensorSpec("probabilities", "FP32", [-1, len(LABELS)])],
+        fn=lambda module, x: torch.softmax(module(x).float(), dim=-1),
+        max_rows=config.max_rows,
+        batching=config.batching,
+    )
     return Host(
         resources=[model],
-        routes=[Route("/", index), Route("/predict", predict, methods=["POST"])],
+        routes=[Route("/", index), Route("/predict", predict, methods=["POST"]), *kserve_routes(iris)],
         metrics=_metrics() if config.metrics else None,
         **config.host_kwargs(),
     )
