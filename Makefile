@@ -19,13 +19,13 @@ $(SERVE_STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	@echo "==> [2/3] torch 2.13.0, the CPU build, first and pinned (see constraints.txt)"
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	@echo "==> [3/3] asgi_host with the serving extras [torch,metrics]"
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics]'
+	@echo "==> [3/3] asgi_host with the serving extras [torch,metrics,openapi]"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi]'
 	touch $(SERVE_STAMP)
 
 $(STAMP): $(SERVE_STAMP)
 	@echo "==> the test and development extras [embed,ray,test,dev] (a minute or two the first time)"
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,embed,ray,test,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,embed,ray,test,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create or refresh .venv (torch pinned to the CPU build, every extra)

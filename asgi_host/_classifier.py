@@ -52,10 +52,23 @@ def classifier_endpoint(
     if not labels:
         raise ValueError("a classifier needs labels: pass labels=[...], one per output column")
     label_list = list(labels)
-    row = Annotated[list[float], msgspec.Meta(min_length=n_features, max_length=n_features)]
+    row = Annotated[
+        list[float],
+        msgspec.Meta(
+            min_length=n_features,
+            max_length=n_features,
+            description=f"One row: {n_features} finite numbers.",
+        ),
+    ]
+    # More than max_rows rows is 413 (the handler checks it, not the decoder); the document says so.
+    inputs = msgspec.Meta(
+        min_length=1,
+        description=f"Rows to classify, at most max_rows={max_rows} (more is 413).",
+        extra_json_schema={"maxItems": max_rows},
+    )
     request_type = msgspec.defstruct(
         "PredictRequest",
-        [("inputs", Annotated[list[row], msgspec.Meta(min_length=1)])],
+        [("inputs", Annotated[list[row], inputs])],
         forbid_unknown_fields=True,
     )
 
@@ -95,6 +108,7 @@ def classifier_endpoint(
     batcher = Batcher(run_rows, batching, name=f"{model} batcher") if batching is not None else None
 
     async def predict(body: Any, request: Request) -> ClassifierOutput:
+        """Classify rows of features: each row's class probabilities and most likely label."""
         inputs: list[list[float]] = body.inputs
         if len(inputs) > max_rows:
             raise HTTPError(413, f"{len(inputs)} rows is more than max_rows={max_rows}; split the batch")
@@ -112,7 +126,18 @@ def classifier_endpoint(
 
     checker = Resource(check_output, name=f"{model} output check")
     resources = (checker, batcher) if batcher is not None else (checker,)
-    return StructEndpoint(predict, request_type, max_body_bytes=max_body_bytes, resources=resources)
+    return StructEndpoint(
+        predict,
+        request_type,
+        response_type=ClassifierOutput,
+        errors={
+            413: f"More than max_rows={max_rows} rows.",
+            422: "A number is not finite, or the model's output for a row is not (inputs outside what it "
+            "can compute); `path` names the row.",
+        },
+        max_body_bytes=max_body_bytes,
+        resources=resources,
+    )
 
 
 def _check_finite_outputs(outputs: list[list[float]]) -> None:

@@ -7,8 +7,8 @@ unknown content type 415, an oversized body 413, all as the host's error JSON.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar, get_type_hints
 
 import msgspec
 
@@ -50,6 +50,12 @@ class StructEndpoint(Generic[T]):
     the host's limit for this endpoint. `resources` (a batcher, say) are
     entered by the host after its own resources, so they start after the
     model and stop before it.
+
+    For the OpenAPI document (`asgi_host.openapi`): `response_type` is what
+    the handler returns (by default its return annotation, when msgspec can
+    describe it), and `errors` maps the statuses the handler raises
+    `HTTPError` with to when (the host's own, 400 to 503, are described
+    already).
     """
 
     def __init__(
@@ -57,6 +63,8 @@ class StructEndpoint(Generic[T]):
         handler: Callable[[T, Request], Awaitable[Any]],
         request_type: type[T],
         *,
+        response_type: Any = None,
+        errors: Mapping[int, str] | None = None,
         max_body_bytes: int | None = None,
         resources: Sequence[Resource] = (),
     ) -> None:
@@ -64,6 +72,13 @@ class StructEndpoint(Generic[T]):
         self.resources = tuple(resources)
         self.request_type = request_type
         self.max_body_bytes = max_body_bytes
+        if response_type is not None:
+            _check_describable(response_type, "response_type")
+        self.response_type: Any = response_type if response_type is not None else _return_type(handler)
+        self.errors = dict(errors or {})
+        for status in self.errors:
+            if not isinstance(status, int) or not 400 <= status <= 599:
+                raise ValueError(f"errors maps 4xx and 5xx statuses to when they happen, got {status!r}")
         self._json_decoder = msgspec.json.Decoder(request_type)
         self._msgpack_decoder = msgspec.msgpack.Decoder(request_type)
 
@@ -87,6 +102,29 @@ class StructEndpoint(Generic[T]):
             415,
             f"content type {media_type!r} is not supported; send {JSON} or {MSGPACK_TYPES[0]}",
         )
+
+
+def _check_describable(type_: Any, name: str) -> None:
+    try:
+        msgspec.json.schema(type_)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name}={type_!r} is not a type msgspec can describe: {exc}") from None
+
+
+def _return_type(handler: Callable[..., Any]) -> Any:
+    """The handler's return annotation when msgspec can describe it, else None (undescribed)."""
+    try:
+        hints = get_type_hints(handler)
+    except Exception:  # annotations naming what is not importable from the handler's module
+        return None
+    returned = hints.get("return")
+    if returned is None or returned is Any or returned is type(None):
+        return None
+    try:
+        msgspec.json.schema(returned)
+    except (TypeError, ValueError):
+        return None
+    return returned
 
 
 def decode_body(decode: Callable[[bytes], T], body: bytes) -> T:
