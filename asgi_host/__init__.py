@@ -17,10 +17,12 @@ from ._errors import (
     ShutdownError,
     StartupError,
 )
+from ._health import Readiness
 from ._host import Host
 from ._http import Request, Response
 from ._lifespan import LifespanPhase
-from ._resources import Resource
+from ._reload import Reloadable, ReloadError, ReloadInProgress, ReloadResult, Replacement
+from ._resources import Progress, Resource
 from ._routing import Mount, Route
 from ._structured import StructEndpoint
 from ._version import __version__ as __version__
@@ -37,6 +39,13 @@ __all__ = [
     "LifespanProtocolError",
     "Mount",
     "OutOfMemory",
+    "Progress",
+    "Readiness",
+    "ReloadError",
+    "ReloadInProgress",
+    "ReloadResult",
+    "Reloadable",
+    "Replacement",
     "Request",
     "Resource",
     "Response",

@@ -1,8 +1,10 @@
 """`python -m asgi_host check MODULE:APP`: run any ASGI app's lifespan and report what happened.
 
 Exit codes: 0 startup and shutdown clean, 1 a failure (or a timeout), 2 the
-app does not support lifespan (it raised before answering startup), 3 MODULE:APP
-could not be loaded (no such module or attribute, or its import raised).
+app does not support lifespan (it raised before its first `receive()`), 3
+MODULE:APP could not be loaded (no such module or attribute, or its import
+raised). An app that raises after receiving `lifespan.startup` has failed its
+startup (1), as under `Mount(..., lifespan=True)` and in the test kit: one rule.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ class Report(msgspec.Struct, omit_defaults=True):
     cuda_memory: dict[str, dict[str, int]] | None = None
     resources: dict[str, dict[str, Any]] | None = None  # an asgi_host Host's readiness detail
     error: str | None = None
+    note: str | None = None  # what servers make of the failure, when they differ from us
+
+
+# For an app that raised after receiving lifespan.startup (not for one that answered .failed).
+SERVERS_SERVE_ANYWAY = (
+    "the app raised instead of answering lifespan.startup.failed: hypercorn and uvicorn would log"
+    " the exception and serve the app without lifespan"
+)
 
 
 class TargetError(Exception):
@@ -119,6 +129,8 @@ async def _run(
     except (LifespanFailed, AppTimeout, ProtocolViolation) as exc:
         report.exit_code = FAILED
         report.startup = Phase(False, round(time.perf_counter() - began, 6), _message(exc))
+        if isinstance(exc, LifespanFailed) and exc.error is not None:
+            report.note = SERVERS_SERVE_ANYWAY
         return report
     finally:
         started.set()
@@ -184,6 +196,8 @@ def render(report: Report) -> str:
         lines.append(f"  {label}: {verdict}")
         if phase.message:
             lines.append(f"    {phase.message}")
+        if label == "startup" and report.note:
+            lines.append(f"    note: {report.note}")
     if report.state_keys is not None:
         lines.append(f"  state keys: {', '.join(report.state_keys) or '(none)'}")
     for name, detail in (report.resources or {}).items():

@@ -17,7 +17,7 @@ from ._http import Request, Response, error_response
 from ._lazy import LazyStart
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
 from ._logging import default_logging
-from ._propagation import SubAppLifespan, SubAppLifespanError, drive_lifespan
+from ._propagation import LifespanUnsupported, SubAppLifespan, SubAppLifespanError, drive_lifespan
 from ._resources import Progress, Resource, ResourceStack, as_resource
 from ._routing import Endpoint, Mount, Route, Router, route_path
 from ._types import ASGIApp, Message, Receive, Scope, Send, State, send_message
@@ -223,12 +223,15 @@ class Host:
 
         It runs the very same protocol (resources, timeouts, drain, background
         startup). A failure raises `StartupError` / `ShutdownError` with the
-        host's message, so the parent's own startup fails and its server exits.
+        host's message, so the parent's own startup fails and its server exits;
+        so does a host (a subclass, say) that raises before its first `receive()`.
         """
         state: dict[str, Any] = {}
         try:
             async with drive_lifespan(self, state, label="asgi_host.Host", scope_extra={_EMBEDDED: True}):
                 yield state
+        except LifespanUnsupported as exc:
+            raise StartupError(f"{type(self).__name__} did not start: it {exc.reason}") from exc.error
         except SubAppLifespanError as exc:
             message = exc.app_message or str(exc)
             if exc.phase == "startup":

@@ -95,9 +95,10 @@ async def run_lifespan(
     lifespan owns; a failure there is kept in `tracker.load_error`.
     """
     lifespan = _Lifespan(stack, tracker, scope, send, drain, on_background_failure)
+    first = await receive()  # outside the task group: nothing to release yet, nothing wrapped
     async with anyio.create_task_group() as task_group:
         try:
-            outcome = await lifespan.startup(await receive(), task_group, background=background)
+            outcome = await lifespan.startup(first, task_group, background=background)
             if outcome.startup_error is None:
                 outcome.stray = await lifespan.serve(receive)
                 outcome.shutdown_error = await lifespan.shutdown()

@@ -11,15 +11,13 @@ state dict, shared: what the sub-app puts there is visible to every request.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
-
+from ._driver import DriverError, LifespanFailed, LifespanSession, LifespanUnsupported, lifespan_scope
 from ._resources import Resource
-from ._types import ASGIApp, Message
+from ._types import ASGIApp
 
 __all__ = ["LifespanUnsupported", "SubAppLifespan", "SubAppLifespanError", "drive_lifespan"]
 
@@ -34,9 +32,10 @@ class SubAppLifespanError(Exception):
         self.app_message = app_message  # the app's own `.failed` message, if it sent one
         super().__init__(message)
 
-
-class LifespanUnsupported(Exception):
-    """The app raised before its first `receive()`: it has no lifespan."""
+    @classmethod
+    def of(cls, phase: str, error: DriverError) -> SubAppLifespanError:
+        answered = error.message if isinstance(error, LifespanFailed) and error.error is None else None
+        return cls(phase, f"it {error.reason}", answered)
 
 
 @asynccontextmanager
@@ -45,59 +44,32 @@ async def drive_lifespan(
 ) -> AsyncIterator[None]:
     """Run `app`'s lifespan with raw messages: startup on entry, shutdown on exit.
 
-    Raises `SubAppLifespanError` when the app answers `.failed` or stops
-    without answering, and `LifespanUnsupported` when it raises before its
-    first `receive()`. `state` is the scope's state dict, shared with the caller.
+    Raises `SubAppLifespanError` when the app fails a phase (the rule is
+    `LifespanSession`'s), and `LifespanUnsupported` when it raises before its
+    first `receive()`. `state` is the scope's state dict, shared with the
+    caller. No timeouts here: the caller's own (a resource's) bound the wait.
     """
-    to_app, inbox = anyio.create_memory_object_stream[Message](math.inf)
-    outbox, from_app = anyio.create_memory_object_stream[Message](math.inf)
-    received = anyio.Event()  # the app has called receive() at least once
-    failure: list[BaseException] = []
-    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
+    scope = lifespan_scope(state=state)
     scope.update(scope_extra or {})
-
-    async def receive() -> Message:
-        received.set()
-        return await inbox.receive()
-
-    async def send(message: Message) -> None:
-        await outbox.send(dict(message))
-
-    async def run() -> None:
+    session = LifespanSession(app, scope, label=label)
+    try:
+        await session.start()
+    except LifespanUnsupported:
+        raise
+    except DriverError as exc:
+        raise SubAppLifespanError.of("startup", exc) from exc
+    failure: DriverError | None = None
+    try:
+        yield
+    finally:
         try:
-            await app(scope, receive, send)
-        except Exception as exc:
-            failure.append(exc)
+            await session.shutdown()
+        except DriverError as exc:
+            failure = exc
         finally:
-            outbox.close()
-
-    error: Exception | None = None
-    with to_app, inbox, outbox, from_app:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run, name=f"asgi_host lifespan of {label}")
-            await to_app.send({"type": "lifespan.startup"})
-            reply = await _reply(from_app)
-            if reply is None and failure and not received.is_set():
-                error = LifespanUnsupported(repr(failure[0]))
-            else:
-                try:
-                    _check(reply, "startup", failure)
-                except SubAppLifespanError as exc:
-                    error = exc
-            if error is not None:
-                tg.cancel_scope.cancel()
-            else:
-                try:
-                    yield
-                finally:
-                    await to_app.send({"type": "lifespan.shutdown"})
-                    try:
-                        _check(await _reply(from_app), "shutdown", failure)
-                    except SubAppLifespanError as exc:
-                        error = exc
-    # Raised here, outside the task group, so the message is not wrapped in a group.
-    if error is not None:
-        raise error
+            await session.close(failure)
+    if failure is not None:
+        raise SubAppLifespanError.of("shutdown", failure) from failure
 
 
 class SubAppLifespan(Resource):
@@ -119,27 +91,5 @@ class SubAppLifespan(Resource):
                 return
         except LifespanUnsupported as exc:
             self.supported = False
-            logger.info("mount %s does not support lifespan (%s); skipped", self.prefix, exc)
+            logger.info("mount %s does not support lifespan (it %s); skipped", self.prefix, exc.reason)
         yield
-
-
-async def _reply(from_app: anyio.abc.ObjectReceiveStream[Message]) -> Message | None:
-    try:
-        return await from_app.receive()
-    except anyio.EndOfStream:
-        return None
-
-
-def _check(reply: Message | None, phase: str, failure: list[BaseException]) -> None:
-    kind = None if reply is None else reply.get("type")
-    if kind == f"lifespan.{phase}.complete":
-        return
-    if kind == f"lifespan.{phase}.failed":
-        assert reply is not None
-        app_message = str(reply.get("message", ""))
-        raise SubAppLifespanError(phase, f"it answered lifespan.{phase}.failed: {app_message}", app_message)
-    if reply is None:
-        error = failure[0] if failure else None
-        detail = f"raised {type(error).__name__}: {error}" if error else "returned"
-        raise SubAppLifespanError(phase, f"it {detail} without answering lifespan.{phase}")
-    raise SubAppLifespanError(phase, f"it answered lifespan.{phase} with {kind!r}")

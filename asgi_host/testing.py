@@ -16,7 +16,6 @@ Works with apps nobody here wrote (FastAPI, Starlette, ...): see docs/testing.md
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -25,6 +24,15 @@ from typing import Any
 import anyio
 import msgspec
 
+from ._driver import (
+    AppTimeout,
+    LifespanFailed,
+    LifespanSession,
+    LifespanUnsupported,
+    ProtocolViolation,
+    Transcript,
+    lifespan_scope,
+)
 from ._errors import AsgiHostError
 from ._types import ASGIApp, Message, Scope, State
 
@@ -38,46 +46,9 @@ __all__ = [
     "Transcript",
     "call",
     "http_scope",
+    "lifespan_scope",
     "request",
 ]
-
-Transcript = list[tuple[str, Message]]
-"""Every message in order, as `("receive", msg)` (to the app) or `("send", msg)` (from it)."""
-
-
-class LifespanFailed(AsgiHostError):
-    """The app answered `lifespan.startup.failed` or `lifespan.shutdown.failed`."""
-
-    def __init__(self, phase: str, message: str, transcript: Transcript) -> None:
-        self.phase = phase
-        self.message = message
-        self.transcript = transcript
-        super().__init__(f"lifespan {phase} failed: {message}")
-
-
-class LifespanUnsupported(AsgiHostError):
-    """The app raised (or returned) before answering startup: servers then run without lifespan."""
-
-    def __init__(self, error: BaseException | None, transcript: Transcript) -> None:
-        self.error = error
-        self.transcript = transcript
-        reason = f"raised {type(error).__name__}: {error}" if error else "returned without answering"
-        super().__init__(
-            f"the app {reason} before answering lifespan.startup; servers treat this as"
-            " 'lifespan unsupported' and serve without it"
-        )
-
-
-class AppTimeout(AsgiHostError):
-    """The app did not answer within the driver's timeout."""
-
-    def __init__(self, what: str, timeout_s: float, transcript: Transcript) -> None:
-        self.transcript = transcript
-        super().__init__(f"{what} within {timeout_s} s: raise the timeout_s of the driver or find the hang")
-
-
-class ProtocolViolation(AsgiHostError):
-    """The app sent a message the ASGI spec does not allow at that point."""
 
 
 @dataclass
@@ -272,12 +243,13 @@ class _ResponseChecker:
         return self.done
 
 
-class LifespanDriver:
+class LifespanDriver(LifespanSession):
     """Run an app's lifespan with raw messages: `async with LifespanDriver(app) as lifespan:`.
 
     Entering sends `lifespan.startup` and returns once the app answers
-    `startup.complete`; `startup.failed` raises `LifespanFailed` with the app's
-    message; an app that raises first raises `LifespanUnsupported`; no answer
+    `startup.complete`; `startup.failed`, or an exception after the app
+    received `lifespan.startup`, raises `LifespanFailed`; an app that raises
+    before its first `receive()` raises `LifespanUnsupported`; no answer
     within `startup_timeout_s` raises `AppTimeout`. Leaving sends
     `lifespan.shutdown` and checks the answer the same way, then that the app
     returns promptly. `state` is the lifespan state the app filled in
@@ -292,15 +264,13 @@ class LifespanDriver:
         shutdown_timeout_s: float = 5.0,
         with_state: bool = True,
     ) -> None:
-        self.app = app
-        self.startup_timeout_s = startup_timeout_s
-        self.shutdown_timeout_s = shutdown_timeout_s
-        self.scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
-        if with_state:
-            self.scope["state"] = {}
-        self.transcript: Transcript = []
-        self.app_error: BaseException | None = None
-        self._shutdown_sent = False
+        super().__init__(
+            app,
+            lifespan_scope(with_state=with_state),
+            startup_timeout_s=startup_timeout_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+            label="LifespanDriver",
+        )
 
     @property
     def state(self) -> State:
@@ -313,105 +283,21 @@ class LifespanDriver:
         return await request(self.app, method, path, **kwargs)
 
     async def __aenter__(self) -> LifespanDriver:
-        self._to_app, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
-        app_outbox, self._from_app = anyio.create_memory_object_stream[Message](math.inf)
-        self._streams = (self._to_app, app_inbox, app_outbox, self._from_app)
-        self._app_done = anyio.Event()
-
-        async def receive() -> Message:
-            message = await app_inbox.receive()
-            self.transcript.append(("receive", message))
-            return message
-
-        async def send(message: Message) -> None:
-            self.transcript.append(("send", dict(message)))
-            await app_outbox.send(dict(message))
-
-        async def run_app() -> None:
-            try:
-                await self.app(self.scope, receive, send)
-            except Exception as exc:
-                self.app_error = exc
-            finally:
-                self._app_done.set()
-                app_outbox.close()
-
-        # Held open by hand (not `async with`) so that errors are raised after
-        # the task group closes, unwrapped: `pytest.raises(LifespanFailed)` works.
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(run_app)
-        try:
-            await self._exchange("startup", self.startup_timeout_s)
-        except BaseException as exc:
-            if isinstance(exc, AppTimeout):
-                self._task_group.cancel_scope.cancel()  # it hangs: waiting longer helps nobody
-            await self._close(exc)
-            raise
+        await self.start()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         error: BaseException | None = None  # an explicit shutdown() already raised its own
-        if not self._shutdown_sent and not self._app_done.is_set():
+        if not self.shutdown_sent and not self.app_returned:
             # Shielded: shutdown is sent even if the test body was cancelled.
             with anyio.CancelScope(shield=True):
                 try:
                     await self.shutdown()
                 except AsgiHostError as failure:
                     error = failure
-        timeout = await self._close(error)
+        timeout = await self.close(error)
         error = error or timeout
         if error is not None and exc is None:
             raise error
-
-    async def shutdown(self) -> None:
-        """Send `lifespan.shutdown` now and wait for the answer (leaving then only cleans up).
-
-        For testing shutdown while requests are in flight: call it from a task
-        while another task's request is still running.
-        """
-        if self._shutdown_sent:
-            return
-        self._shutdown_sent = True
-        await self._exchange("shutdown", self.shutdown_timeout_s)
-
-    async def _close(self, failure: BaseException | None) -> AppTimeout | None:
-        """Wait (bounded) for the app to return, then close the task group."""
-        timeout: AppTimeout | None = None
-        with anyio.CancelScope(shield=True) as waiting:
-            waiting.deadline = anyio.current_time() + self.shutdown_timeout_s
-            await self._app_done.wait()
-        if not self._app_done.is_set():
-            self._task_group.cancel_scope.cancel()
-            if failure is None:
-                timeout = AppTimeout(
-                    "the app did not return after answering lifespan.shutdown",
-                    self.shutdown_timeout_s,
-                    self.transcript,
-                )
-        await self._task_group.__aexit__(None, None, None)
-        for stream in self._streams:
-            stream.close()
-        return timeout
-
-    async def _exchange(self, phase: str, timeout_s: float) -> None:
-        await self._to_app.send({"type": f"lifespan.{phase}"})
-        reply: Message | None = None
-        with anyio.move_on_after(timeout_s):
-            try:
-                reply = await self._from_app.receive()
-            except anyio.EndOfStream:
-                if phase == "startup":
-                    raise LifespanUnsupported(self.app_error, self.transcript) from self.app_error
-                raise ProtocolViolation(
-                    f"the app returned without answering lifespan.shutdown (error: {self.app_error!r})"
-                ) from self.app_error
-        if reply is None:
-            raise AppTimeout(f"the app did not answer lifespan.{phase}", timeout_s, self.transcript)
-        kind = reply.get("type")
-        if kind == f"lifespan.{phase}.failed":
-            raise LifespanFailed(phase, str(reply.get("message", "")), self.transcript)
-        if kind != f"lifespan.{phase}.complete":
-            raise ProtocolViolation(f"the app answered lifespan.{phase} with {kind!r}")

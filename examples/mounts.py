@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from asgi_host import Host, Mount, Request, Response, Route
-from asgi_host._types import ASGIApp, Receive, Scope, Send
+from asgi_host.types import ASGIApp, Receive, Scope, Send
 
 
 class LifespanRecorder:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import torch
@@ -102,3 +102,12 @@ async def http_only_app(scope: dict[str, object], receive: object, send: object)
     """An app without lifespan support: it raises on any scope but http."""
     if scope["type"] != "http":
         raise RuntimeError(f"unsupported scope type {scope['type']!r}")
+
+
+async def raises_after_startup_app(
+    scope: dict[str, object], receive: Callable[[], Awaitable[object]], send: object
+) -> None:
+    """An app that receives `lifespan.startup` and then raises instead of answering it: a failed startup."""
+    if scope["type"] == "lifespan":
+        await receive()
+        raise ConnectionRefusedError("cache at 127.0.0.1:6379 refused the connection")

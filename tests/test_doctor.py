@@ -66,6 +66,28 @@ def test_app_without_lifespan_exits_2() -> None:
     assert result.returncode == 2
     assert "lifespan supported: no" in result.stdout
     assert "RuntimeError: unsupported scope type 'lifespan'" in result.stdout
+    assert "before its first receive()" in result.stdout
+    assert result.stdout.rstrip().endswith("result: no lifespan support")
+
+
+def test_app_that_raises_after_receiving_startup_exits_1_with_its_exception() -> None:
+    # The one rule: raising after the first receive() is a failed startup, not "unsupported".
+    result = run_check("tests.apps:raises_after_startup_app")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "lifespan supported: yes" in result.stdout
+    assert "startup: FAILED after" in result.stdout
+    assert "ConnectionRefusedError: cache at 127.0.0.1:6379 refused the connection" in result.stdout
+    assert "hypercorn and uvicorn would log the exception and serve the app without lifespan" in result.stdout
+    assert result.stdout.rstrip().endswith("result: FAILED")
+    report = msgspec.json.decode(run_check("tests.apps:raises_after_startup_app", "--json").stdout)
+    assert report["supported"] is True
+    assert report["exit_code"] == 1
+    assert report["startup"] == {
+        "ok": False,
+        "seconds": report["startup"]["seconds"],
+        "message": "ConnectionRefusedError: cache at 127.0.0.1:6379 refused the connection",
+    }
+    assert "serve the app without lifespan" in report["note"]
 
 
 def test_bad_target_is_a_usage_error() -> None:

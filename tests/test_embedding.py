@@ -11,8 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from asgi_host import HTTPError, LifespanPhase, StartupError
+from asgi_host import Host, HTTPError, LifespanPhase, StartupError
 from asgi_host.testing import LifespanDriver, LifespanFailed
+from asgi_host.types import Message, Receive, Scope, Send
 from examples import embed_fastapi, embed_starlette
 from examples.app import IrisConfig, make_app
 from tests._server import free_port, hypercorn_command, run_server
@@ -71,6 +72,51 @@ async def test_a_host_that_fails_to_start_fails_the_parents_startup(tmp_path: Pa
         async with LifespanDriver(parent):
             pass
     assert host.phase is LifespanPhase.FAILED
+
+
+class GuardedHost(Host):
+    """A host whose own check fails on the lifespan scope, before or after its first receive()."""
+
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when = when
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.when == "before":
+            raise RuntimeError("license check failed")
+
+        async def checked_receive() -> Message:
+            message = await receive()
+            if scope["type"] == "lifespan" and self.when == "after":
+                raise RuntimeError("license check failed")
+            return message
+
+        await super().__call__(scope, checked_receive, send)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        (
+            "before",
+            r"^GuardedHost did not start: it raised RuntimeError: license check failed before its first",
+        ),
+        ("after", r"^it raised RuntimeError: license check failed without answering lifespan\.startup$"),
+    ],
+)
+async def test_host_lifespan_fails_startup_when_the_host_raises_before_or_after_receiving(
+    when: str, message: str
+) -> None:
+    # Before the first receive() the driver's rule says "unsupported", after it "startup failed":
+    # either way a host that must start has not, so the parent's startup fails.
+    host = GuardedHost(when)
+    with pytest.raises(StartupError, match=message) as raised:
+        async with host.lifespan():
+            pytest.fail("the host started")
+    if when == "before":
+        assert isinstance(raised.value.__cause__, RuntimeError)
+    assert host.phase is LifespanPhase.IDLE
 
 
 @pytest.mark.anyio

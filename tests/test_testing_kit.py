@@ -25,6 +25,7 @@ from asgi_host.testing import (
     ProtocolViolation,
     call,
     http_scope,
+    lifespan_scope,
     request,
 )
 
@@ -105,9 +106,73 @@ async def test_app_that_raises_in_lifespan_is_reported_as_unsupported() -> None:
     async def http_only(scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http", "no lifespan here"
 
-    with pytest.raises(LifespanUnsupported, match="AssertionError: no lifespan here"):
+    with pytest.raises(LifespanUnsupported, match="AssertionError: no lifespan here") as raised:
         async with LifespanDriver(http_only):
             pass
+    assert isinstance(raised.value.error, AssertionError)
+    assert raised.value.transcript == []  # it never called receive()
+
+
+async def test_app_that_raises_after_receiving_startup_has_failed_its_startup() -> None:
+    # The one rule (asgi-lifespan's): only raising before the first receive() means "unsupported".
+    async def refuses(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        raise ConnectionRefusedError("cache down")
+
+    with pytest.raises(
+        LifespanFailed,
+        match=r"the app raised ConnectionRefusedError: cache down after receiving lifespan\.startup",
+    ) as raised:
+        async with LifespanDriver(refuses):
+            pass
+    assert raised.value.phase == "startup"
+    assert raised.value.message == "ConnectionRefusedError: cache down"
+    assert isinstance(raised.value.error, ConnectionRefusedError)
+    assert raised.value.transcript == [("receive", {"type": "lifespan.startup"})]
+
+
+async def test_app_that_raises_on_shutdown_has_failed_its_shutdown() -> None:
+    async def flaky(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        raise OSError("flush failed")
+
+    with pytest.raises(
+        LifespanFailed, match=r"raised OSError: flush failed after receiving lifespan\.shutdown"
+    ) as raised:
+        async with LifespanDriver(flaky):
+            pass
+    assert raised.value.phase == "shutdown"
+    assert isinstance(raised.value.error, OSError)
+
+
+async def test_app_that_returns_without_answering_is_a_protocol_violation() -> None:
+    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    with pytest.raises(ProtocolViolation, match=r"the app returned without answering lifespan\.startup"):
+        async with LifespanDriver(silent):
+            pass
+
+
+def test_lifespan_scope_is_what_the_driver_sends() -> None:
+    state = {"kept": True}
+    assert lifespan_scope(state=state) == {
+        "type": "lifespan",
+        "asgi": {"version": "3.0", "spec_version": "2.0"},
+        "state": {"kept": True},
+    }
+    assert lifespan_scope(state=state)["state"] is state  # the app fills in the caller's dict
+    assert "state" not in lifespan_scope(with_state=False)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+    assert LifespanDriver(app).scope == lifespan_scope()
+    assert "state" not in LifespanDriver(app, with_state=False).scope
 
 
 async def test_app_that_does_not_return_after_shutdown_is_caught() -> None:
