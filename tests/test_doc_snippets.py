@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 import types
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from asgi_host import Host, LifespanProtocolError
 from asgi_host.testing import LifespanDriver
 from tests._server import ROOT
 
@@ -57,6 +59,22 @@ async def test_the_struct_endpoint_snippet_in_predict_md_serves() -> None:
         empty = await lifespan.request("POST", "/score", json={"texts": []})
         assert empty.status == 422
         assert empty.json()["error"]["path"] == "$.texts"
+
+
+async def test_the_call_snippet_in_testing_md_runs() -> None:
+    # Top-level `await` as in the doc; `app` is a host, whose lifespan refuses a stray first message.
+    namespace: dict[str, Any] = {
+        "app": Host(),
+        "pytest": pytest,
+        "LifespanProtocolError": LifespanProtocolError,
+    }
+    block = python_block("docs/testing.md", "## Anything else: `call`")
+    code = compile(block, "docs/testing.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    await eval(code, namespace)
+    assert namespace["transcript"][-1] == (
+        "send",
+        {"type": "websocket.close", "code": 1008, "reason": "no websocket route here"},
+    )
 
 
 def exec_block(markdown: str, after: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
