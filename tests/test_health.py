@@ -14,7 +14,7 @@ from torch import nn
 from asgi_host import Host, Mount, Request, Response, Route, StartupError
 from asgi_host._types import Message
 from asgi_host.model import TorchModel, classifier_endpoint
-from asgi_host.testing import LifespanDriver, request
+from asgi_host.testing import LifespanDriver, lifespan_scope, request
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
 from tests._wait import until
 
@@ -66,7 +66,7 @@ async def test_readyz_reports_loading_with_progress_during_a_foreground_startup(
         sent.append(message)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(host, {"type": "lifespan", "state": {}}, receive, send)
+        tg.start_soon(host, lifespan_scope(), receive, send)
         await until(lambda: events == ["loading"])
         live = await request(host, "GET", "/livez")
         loading = await request(host, "GET", "/readyz")

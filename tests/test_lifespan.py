@@ -23,7 +23,7 @@ from asgi_host import (
 )
 from asgi_host._lifespan import _MOVES, LifespanTracker
 from asgi_host._types import Message
-from asgi_host.testing import AppTimeout, LifespanDriver, LifespanFailed, Transcript, call
+from asgi_host.testing import AppTimeout, LifespanDriver, LifespanFailed, Transcript, call, lifespan_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -58,13 +58,6 @@ def tracked(
             raise fail_exit
 
     return Resource(resource, name=name)
-
-
-def lifespan_scope(with_state: bool = True) -> dict[str, Any]:
-    scope: dict[str, Any] = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
-    if with_state:
-        scope["state"] = {}
-    return scope
 
 
 def sent(transcript: Transcript) -> list[Message]:
