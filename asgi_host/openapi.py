@@ -107,7 +107,8 @@ def openapi_document(
         (path, method, endpoint)
         for path, table in sorted(host.router.paths.items())
         for method, endpoint in sorted(table.items())
-        if method.lower() in _METHODS and not isinstance(endpoint, _DocsAsset)
+        # A literal "{" in an exact path would read as a path template: such routes are left out.
+        if method.lower() in _METHODS and not isinstance(endpoint, _DocsAsset) and not _templated(path)
     ]
     types: list[Any] = [Error, Readiness, Liveness]
     for _, _, endpoint in endpoints:
@@ -139,6 +140,10 @@ def openapi_document(
     return document
 
 
+def _templated(path: str) -> bool:
+    return "{" in path or "}" in path
+
+
 def _schemas(types: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """msgspec's schemas for `types`; a type msgspec cannot describe gets `{}` (any value)."""
     try:
@@ -161,7 +166,7 @@ def _schemas(types: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 def _operation(
     host: Host, path: str, method: str, endpoint: Endpoint, schema_of: Mapping[int, dict[str, Any]]
 ) -> dict[str, Any]:
-    error = {"$ref": REF_TEMPLATE.format(name="Error")}
+    error = schema_of[id(Error)]  # a ref, named "Error" unless an app type has that name too
     if isinstance(endpoint, StructEndpoint):
         return _struct_operation(endpoint, schema_of)
     if endpoint == host._livez:
@@ -218,7 +223,7 @@ def _struct_operation(
             errors[status] = f"{errors[status]} {text}" if status in errors else text
     for status, text in endpoint.errors.items():
         errors[status] = f"{errors[status]} {text}" if status in errors else text
-    error = {"$ref": REF_TEMPLATE.format(name="Error")}
+    error = schema_of[id(Error)]  # a ref, named "Error" unless an app type has that name too
     responses: dict[str, Any] = {
         "200": {
             "description": "The answer: JSON, or MessagePack when `Accept` prefers it.",
