@@ -329,7 +329,8 @@ class _SwaggerUI:
         data = self._files.get(name)
         if data is None:
             folder = _swagger_ui_folder()
-            assert folder is not None  # problem() said it is there
+            if folder is None:  # uninstalled since the first look
+                raise HTTPError(404, "Swagger UI is no longer installed")
             data = folder.joinpath(name).read_bytes()
             self._files[name] = data
         return data
