@@ -286,7 +286,7 @@ class V2Model:
             tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
             if spec.datatype == "FP32" and dtype.is_floating_point and dtype != torch.float32:
                 tensor = tensor.to(dtype)
-            tensors.append(tensor.to(device))
+            tensors.append(tensor if device.type == "cpu" else tensor.to(device))
         kwargs = {"parameters": dict(parameters or {})} if self.takes_parameters else {}
         result = self.fn(module, *tensors, **kwargs)
         rows = arrays[0].shape[0] if self.batched and arrays else None
@@ -298,10 +298,10 @@ class V2Model:
             if missing:
                 raise RuntimeError(f"model {self.name!r}: fn returned no output named {missing}")
             values = [result[spec.name] for spec in self.outputs]
-        elif isinstance(result, list | tuple) and not (
-            len(self.outputs) == 1 and self.outputs[0].datatype == "BYTES"
-        ):
+        elif isinstance(result, list | tuple) and len(self.outputs) > 1:
             values = list(result)
+        elif isinstance(result, list | tuple) and len(result) == 1 and isinstance(result[0], torch.Tensor):
+            values = [result[0]]  # one output, as a sequence of one
         else:
             values = [result]
         if len(values) != len(self.outputs):
@@ -599,10 +599,7 @@ def _from_json(tensor: _InputTensor) -> Array:
 
 def _first_value(raw: bytes) -> int:
     """Where the first element starts: every `[` before it is one level of nesting."""
-    for i, byte in enumerate(raw):
-        if byte not in b"[ \t\r\n":
-            return i
-    return len(raw)
+    return len(raw) - len(raw.lstrip(b"[ \t\r\n"))
 
 
 def _flatten(values: Any, depth: int) -> list[Any]:
@@ -659,7 +656,12 @@ def _to_numpy(value: Any, spec: TensorSpec) -> Array:
                 )
         return array
     if isinstance(value, torch.Tensor):
-        return value.detach().to(device="cpu", dtype=torch_dtype).numpy()
+        if value.requires_grad:
+            value = value.detach()
+        if value.dtype != torch_dtype or value.device.type != "cpu":
+            value = value.to(device="cpu", dtype=torch_dtype)
+        out: Array = value.numpy()
+        return out
     return np.asarray(value, dtype=dtype)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -115,3 +117,16 @@ def test_the_tritonclient_snippet_in_protocols_md_runs(iris_server: Server, caps
     code = code.replace('url="localhost:8000"', f'url="127.0.0.1:{iris_server.port}"')
     exec(compile(code, str(ROOT / "docs/protocols.md"), "exec", dont_inherit=True), {"__name__": "snippet"})
     assert capsys.readouterr().out.splitlines()[-1] == "['setosa', 'virginica']"
+
+
+def test_the_protocols_benchmark_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "protocols", "-n", "20", "--http-n", "5", "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ratios to /predict, 150 rows: v2 infer json" in result.stdout
+    assert "tritonclient, v2 infer binary" in result.stdout
