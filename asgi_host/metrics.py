@@ -28,14 +28,21 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from ._extras import raise_missing_extra
+
+try:
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        Counter,
+        Gauge,
+        Histogram,
+        generate_latest,
+    )
+except ImportError as error:
+    raise_missing_extra(
+        error, "prometheus_client", package="prometheus-client", extra="metrics", needed_by=__name__
+    )
 
 from ._batching import Batcher
 from ._http import Request, Response

@@ -27,6 +27,7 @@ from torch import nn
 # The /predict endpoint lives in its own module; it is part of this public one.
 from ._classifier import ClassifierOutput, classifier_endpoint
 from ._errors import AsgiHostError, HTTPError, OutOfMemory
+from ._extras import raise_missing_extra
 from ._placement import choose_cuda_device, release_claim
 from ._resources import Resource
 from ._worker import PassThreads
@@ -596,7 +597,10 @@ class TorchModel(Resource):
         suffix = path.suffix.lower()
         try:
             if suffix in SAFETENSORS_SUFFIXES:
-                from safetensors.torch import load_file
+                try:
+                    from safetensors.torch import load_file
+                except ImportError as error:
+                    raise_missing_extra(error, "safetensors", extra="torch", needed_by=f"reading {path}")
 
                 return load_file(str(path), device="cpu")
             if suffix in STATE_DICT_SUFFIXES:
@@ -604,7 +608,7 @@ class TorchModel(Resource):
                 if not isinstance(state, dict):
                     raise ModelLoadError(f"{path} holds a {type(state).__name__}, not a state dict")
                 return state
-        except ModelLoadError:
+        except (ModelLoadError, ImportError):
             raise
         except Exception as exc:
             raise ModelLoadError(

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._batching import Batcher
+from ._extras import raise_missing_extra
 from ._health import Readiness
 from ._types import ASGIApp
 
@@ -104,7 +105,10 @@ def deployment(builder: Callable[..., ASGIApp], *, name: str | None = None, **op
     `max_ongoing_requests`, `ray_actor_options`, `graceful_shutdown_timeout_s`,
     `health_check_period_s`, ...). `name` defaults to the builder's name.
     """
-    from ray import serve
+    try:
+        from ray import serve
+    except ImportError as error:
+        raise_missing_extra(error, "ray", package="Ray Serve", extra="ray", needed_by="deployment()")
 
     if not callable(builder):
         raise TypeError(f"builder must be a function that returns an ASGI app, got {builder!r}")
