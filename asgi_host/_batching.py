@@ -26,6 +26,7 @@ from ._config import check_constraints
 from ._errors import ClientDisconnect, HTTPError, OutOfMemory
 from ._http import Request
 from ._resources import Resource
+from ._resources import _deadline as deadline
 
 __all__ = ["Batcher", "Batching"]
 
@@ -143,7 +144,7 @@ class Batcher(Resource, Generic[T, R]):
         self._wakeup.set()
         disconnected = False
         try:
-            with anyio.move_on_after(math.inf if settings.timeout_s is None else settings.timeout_s):
+            with anyio.move_on_at(deadline(settings.timeout_s)):
                 async with anyio.create_task_group() as tg:
                     if request is not None:
 

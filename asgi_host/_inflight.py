@@ -6,10 +6,11 @@ requests it has queued: each must let shutdown wait until its count is zero.
 
 from __future__ import annotations
 
-import math
 from types import TracebackType
 
 import anyio
+
+from ._resources import _deadline as deadline
 
 __all__ = ["InFlight"]
 
@@ -40,7 +41,7 @@ class InFlight:
 
     async def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until nothing is in flight, at most `timeout_s` (None: no limit); True if idle."""
-        with anyio.move_on_after(math.inf if timeout_s is None else timeout_s):
+        with anyio.move_on_at(deadline(timeout_s)):
             while self.count:
                 if self._idle is None:
                     self._idle = anyio.Event()

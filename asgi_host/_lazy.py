@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import sys
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
@@ -20,6 +19,7 @@ import anyio
 
 from ._errors import HTTPError
 from ._health import Readiness, refusal
+from ._resources import _deadline as deadline
 
 __all__ = ["LazyStart", "spawn_detached"]
 
@@ -56,7 +56,7 @@ class LazyStart:
             self._scope = anyio.CancelScope()
             spawn_detached(self._run)
         if self.mode == "wait":
-            with anyio.move_on_after(math.inf if self._timeout_s is None else self._timeout_s):
+            with anyio.move_on_at(deadline(self._timeout_s)):
                 await self._settled.wait()
         state = self._readiness()
         if state.status == "not started":
