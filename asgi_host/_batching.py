@@ -25,6 +25,8 @@ import msgspec
 from ._config import check_constraints
 from ._errors import ClientDisconnect, HTTPError, OutOfMemory
 from ._http import Request
+from ._inflight import InFlight
+from ._reload import collecting_versions, record_versions
 from ._resources import Resource
 from ._resources import _deadline as deadline
 
@@ -61,7 +63,7 @@ BatchFn = Callable[[Mapping[str, Any], list[T]], Awaitable[Sequence[R]]]
 
 
 class _Entry(Generic[T, R]):
-    __slots__ = ("cancelled", "done", "error", "result", "rows")
+    __slots__ = ("cancelled", "done", "error", "result", "rows", "versions")
 
     def __init__(self, rows: list[T]) -> None:
         self.rows = rows
@@ -69,6 +71,7 @@ class _Entry(Generic[T, R]):
         self.result: list[R] | None = None
         self.error: HTTPError | None = None
         self.cancelled = False
+        self.versions: list[str] = []  # of the model(s) its pass ran on (x-model-version)
 
 
 class Batcher(Resource, Generic[T, R]):
@@ -92,10 +95,9 @@ class Batcher(Resource, Generic[T, R]):
         self._queue: deque[_Entry[T, R]] = deque()
         self._queued_rows = 0
         self._wakeup = anyio.Event()
-        self._batch_done = anyio.Event()  # set after every batch, for the drain
+        self._admitted = InFlight()  # requests submitted and not yet answered, for the drain
         self._running = False
         self._closing = False
-        self._busy = False
         self._batch_seconds = 0.0  # moving average, for Retry-After
         self._state: Mapping[str, Any] = {}
         self.batches = 0
@@ -138,6 +140,11 @@ class Batcher(Resource, Generic[T, R]):
                 f"{settings.max_queue_rows}); retry later",
                 headers=[("retry-after", str(self.retry_after_s()))],
             )
+        with self._admitted:
+            return await self._wait_for(rows, request)
+
+    async def _wait_for(self, rows: list[T], request: Request | None) -> list[R]:
+        settings = self.settings
         entry: _Entry[T, R] = _Entry(rows)
         self._queue.append(entry)
         self._queued_rows += len(rows)
@@ -165,6 +172,7 @@ class Batcher(Resource, Generic[T, R]):
             raise ClientDisconnect("the client disconnected while its request was queued")
         if not entry.done.is_set():
             raise HTTPError(504, f"no answer within timeout_s={settings.timeout_s}; the model is overloaded")
+        record_versions(entry.versions)  # into this request's task, from the batch loop's
         if entry.error is not None:
             raise entry.error
         assert entry.result is not None
@@ -187,14 +195,10 @@ class Batcher(Resource, Generic[T, R]):
         self._fail_queued(HTTPError(503, "the server is shutting down", headers=[("retry-after", "1")]))
 
     async def _drain(self) -> None:
-        with anyio.move_on_after(self.settings.drain_timeout_s):
-            while self._queue or self._busy:
-                self._batch_done = anyio.Event()
-                await self._batch_done.wait()
-        if self._queue:
+        if not await self._admitted.wait_idle(self.settings.drain_timeout_s):
             logger.warning(
                 "%d queued requests did not finish within drain_timeout_s=%s",
-                len(self._queue),
+                self._admitted.count,
                 self.settings.drain_timeout_s,
             )
 
@@ -228,15 +232,7 @@ class Batcher(Resource, Generic[T, R]):
                 batch.append(entry)
                 rows += len(entry.rows)
             self._queued_rows -= rows
-            await self._run(batch)
-            self._batch_done.set()
-
-    async def _run(self, batch: list[_Entry[T, R]]) -> None:
-        self._busy = True
-        try:
             await self._pass(batch)
-        finally:
-            self._busy = False
 
     async def _pass(self, entries: list[_Entry[T, R]]) -> None:
         """One forward pass over the entries still waiting; on `OutOfMemory`, again in halves."""
@@ -247,7 +243,10 @@ class Batcher(Resource, Generic[T, R]):
         started = anyio.current_time()
         error: Exception | None = None
         try:
-            outputs = await self.batch_fn(self._state, all_rows)
+            with collecting_versions() as versions:
+                outputs = await self.batch_fn(self._state, all_rows)
+            for entry in live:
+                entry.versions = versions
             if len(outputs) != len(all_rows):
                 raise RuntimeError(f"batch function returned {len(outputs)} outputs for {len(all_rows)} rows")
         except Exception as exc:

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
-
-import anyio
+from typing import Any, Literal, Protocol
 
 from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError
 from ._health import Readiness, readiness, refusal
 from ._http import Request, Response, error_response
+from ._inflight import InFlight
 from ._lazy import LazyStart
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
 from ._logging import default_logging
 from ._propagation import LifespanUnsupported, SubAppLifespan, SubAppLifespanError, drive_lifespan
+from ._reload import (
+    ADMIN_PREFIX,
+    MIN_TOKEN_LENGTH,
+    AdminApp,
+    Reloader,
+    ReloadResult,
+    begin_request,
+    stamp_version,
+)
 from ._resources import Progress, Resource, ResourceStack, as_resource
-from ._routing import Endpoint, Mount, Route, Router, route_path
-from ._types import ASGIApp, Message, Receive, Scope, Send, State, send_message
-
-if TYPE_CHECKING:
-    from .metrics import Metrics
+from ._routing import Dispatch, Endpoint, Match, Mount, Route, Router, route_path
+from ._types import ASGIApp, Receive, Scope, Send, State, send_message
+from .openapi import openapi_routes
 
 __all__ = ["Host"]
 
@@ -44,6 +48,22 @@ _NOT_STARTED = HTTPError(
 
 
 ResourceLike = Resource | Callable[..., AbstractAsyncContextManager[Any]]
+
+
+class RequestMetrics(Protocol):
+    """What `Host(metrics=...)` takes; `asgi_host.metrics.Metrics` is one.
+
+    It serves its own `path`, is attached to the host once, and wraps the
+    host's dispatch so that it measures each routed request from outside.
+    """
+
+    path: str
+
+    async def endpoint(self, request: Request) -> Response: ...
+
+    def attach(self, host: Any) -> None: ...
+
+    def wrap(self, dispatch: Dispatch) -> Dispatch: ...
 
 
 class Host:
@@ -75,6 +95,9 @@ class Host:
     liveness and readiness; `background_startup=True` answers startup at
     once and loads in the background (routes answer 503 until ready);
     `metrics=Metrics()` serves `/metrics`. See docs/production.md.
+    `openapi_path` serves the OpenAPI document of the routes, `docs_path`
+    Swagger UI for it (the `openapi` extra); `None` turns either off, and
+    no document means no page either. See docs/protocols.md.
 
     Mounted in another app that sends no lifespan events, run it from that
     app's lifespan with `async with host.lifespan():`, or let the first
@@ -95,8 +118,11 @@ class Host:
         readyz_path: str | None = "/readyz",
         background_startup: bool = False,
         on_background_failure: Callable[[StartupError], object] | None = None,
-        metrics: Metrics | None = None,
+        metrics: RequestMetrics | None = None,
         lazy_start: Literal["wait", "unavailable"] | None = None,
+        admin_token: str | None = None,
+        openapi_path: str | None = "/openapi.json",
+        docs_path: str | None = "/docs",
     ) -> None:
         self.router = Router(routes)
         self.max_body_bytes = max_body_bytes
@@ -124,9 +150,7 @@ class Host:
         # True while the state handlers need is in every request scope because
         # the server copies the lifespan scope's `state` into it.
         self._server_copies_state = False
-        self._in_flight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._in_flight = InFlight()
         self._probe_paths: set[str] = set()
         if livez_path is not None:
             self._add_probe(livez_path, self._livez)
@@ -142,6 +166,18 @@ class Host:
         if metrics is not None:
             self._add_probe(metrics.path, metrics.endpoint)
             metrics.attach(self)
+        # What serves a routed request: metrics, when on, measure it from outside.
+        self._dispatch: Dispatch = self._serve if metrics is None else metrics.wrap(self._serve)
+        # `host.reload()`, and with an admin token its route (off without one): see _reload.py.
+        self._reloader = Reloader(self)
+        if admin_token is not None:
+            if not isinstance(admin_token, str) or len(admin_token) < MIN_TOKEN_LENGTH:
+                raise ValueError(f"admin_token must be a string of at least {MIN_TOKEN_LENGTH} characters")
+            self.router.add(Mount(ADMIN_PREFIX, AdminApp(self._reloader, admin_token)))
+        # The OpenAPI document and Swagger UI: answered like the probes, while loading too.
+        if openapi_path is not None:
+            for path, endpoint in openapi_routes(self, openapi_path, docs_path):
+                self._add_probe(path, endpoint)
 
     def _add_probe(self, path: str, endpoint: Endpoint) -> None:
         self.router.add(Route(path, endpoint))
@@ -165,11 +201,11 @@ class Host:
     @property
     def in_flight(self) -> int:
         """Requests being served by routes and mounts (health checks not counted)."""
-        return self._in_flight
+        return self._in_flight.count
 
     def readiness(self) -> Readiness:
         """What `/readyz` reports: `ready`, or why not."""
-        return readiness(self._lifespan, self._stack.progress, self._in_flight)
+        return readiness(self._lifespan, self._stack.progress, self._in_flight.count, self._stack.resources)
 
     async def _livez(self, request: Request) -> Response:
         return Response.json({"status": "alive"})
@@ -180,14 +216,12 @@ class Host:
 
     async def _drain(self) -> None:
         """From lifespan.shutdown on: refuse new work, wait for the admitted (bounded)."""
-        if self._in_flight:
-            logger.info("draining %d requests in flight", self._in_flight)
-            with anyio.move_on_after(math.inf if self.drain_timeout_s is None else self.drain_timeout_s):
-                await self._idle.wait()
-            if self._in_flight:
+        if self._in_flight.count:
+            logger.info("draining %d requests in flight", self._in_flight.count)
+            if not await self._in_flight.wait_idle(self.drain_timeout_s):
                 logger.warning(
                     "%d requests still running after drain_timeout_s=%s; releasing resources anyway",
-                    self._in_flight,
+                    self._in_flight.count,
                     self.drain_timeout_s,
                 )
 
@@ -203,6 +237,17 @@ class Host:
     @property
     def resources(self) -> list[Resource]:
         return list(self._stack.resources)
+
+    async def reload(self, name: str, **options: Any) -> ReloadResult:
+        """Replace resource `name` while serving: `await host.reload("model", weights="v2.safetensors")`.
+
+        The new version is built, loaded and warmed up while the current one serves; then the state
+        is swapped in one step (new requests get the new version), and the old one finishes its
+        passes in flight and is released. Raises `ReloadError` (the current version keeps serving)
+        when the new one fails to load, `ReloadInProgress` while another reload of `name` runs.
+        See docs/production.md ("Reloading a model").
+        """
+        return await self._reloader.reload(name, options)
 
     async def aclose(self) -> None:
         """Shut down resources that a lazy start brought up (no-op otherwise). Idempotent."""
@@ -280,6 +325,8 @@ class Host:
             # Driven by `lifespan()` for a parent app: the parent's server will
             # not copy this state into our request scopes, so we add it ourselves.
             self._server_copies_state = isinstance(state, dict) and not scope.get(_EMBEDDED)
+            # The dict servers copy into each request: a reload swaps its value there too.
+            self._reloader.server_state = state if isinstance(state, dict) else None
             try:
                 await run_lifespan(
                     self._stack,
@@ -313,55 +360,15 @@ class Host:
         return state
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = route_path(scope)
-        if (
-            path.endswith("/")
-            and len(path) > 1
-            and path not in self.router.paths
-            and path[:-1] in self.router.paths
-        ):
-            # One trailing slash names the same route: Litestar, for one, hands a mounted app
-            # `/predict/` for `/model/predict`.
-            path = path[:-1]
-        if path in self._probe_paths:
-            await self._respond(scope, receive, send, path, self.router.paths[path])
+        match = self.router.resolve(route_path(scope), scope["method"])
+        if match.label in self._probe_paths:
+            # Probes answer in every phase, uncounted and unmeasured.
+            await self._respond(scope, receive, send, match)
             return
-        self._in_flight += 1
-        if self._in_flight == 1:
-            self._idle = anyio.Event()
-        try:
-            if self.metrics is None:
-                await self._serve(scope, receive, send, path)
-            else:
-                await self._serve_measured(scope, receive, send, path, self.metrics)
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+        with self._in_flight:
+            await self._dispatch(scope, receive, send, match)
 
-    async def _serve_measured(
-        self, scope: Scope, receive: Receive, send: Send, path: str, metrics: Metrics
-    ) -> None:
-        status: int | None = None
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        if path in self.router.paths:
-            label = path
-        else:
-            mount = self.router.mount_for(path)
-            label = mount.prefix if mount is not None else "unmatched"
-        started = time.perf_counter()
-        try:
-            await self._serve(scope, receive, recording_send, path)
-        finally:
-            metrics.observe(label, scope["method"], status, time.perf_counter() - started)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, match: Match) -> None:
         tracker = self._lifespan
         if tracker.phase is LifespanPhase.STARTED and not tracker.loading and tracker.load_error is None:
             refused = None  # the common case, decided without building a readiness report
@@ -369,43 +376,22 @@ class Host:
             refused = await self._lazy.admit() if self._lazy is not None else _NOT_STARTED
         else:
             refused = refusal(self.readiness())
-        if refused is not None:
-            await self._respond(scope, receive, send, path, None, refused)
+        if refused is None and match.mount is not None:
+            self._request_state(scope)
+            await match.mount.app(match.mount.child_scope(scope, match.path), receive, send)
             return
-        table = self.router.paths.get(path)
-        if table is None:
-            mount = self.router.mount_for(path)
-            if mount is not None:
-                self._request_state(scope)
-                await mount.app(mount.child_scope(scope, path), receive, send)
-                return
-        await self._respond(scope, receive, send, path, table)
+        await self._respond(scope, receive, send, match, refused)
 
     async def _respond(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        path: str,
-        table: dict[str, Endpoint] | None,
-        error: HTTPError | None = None,
+        self, scope: Scope, receive: Receive, send: Send, match: Match, refused: HTTPError | None = None
     ) -> None:
         method: str = scope["method"]
-        head = method == "HEAD"
         request: Request | None = None
+        error = refused or match.error
         try:
             if error is not None:
                 raise error
-            if table is None:
-                raise HTTPError(404, f"no route for {path!r}")
-            endpoint = table.get(method) or (table.get("GET") if head else None)
-            if endpoint is None:
-                allowed = self.router.allowed(table)
-                raise HTTPError(
-                    405,
-                    f"method {method} is not allowed for {path!r}; allowed: {', '.join(allowed)}",
-                    headers=[("allow", ", ".join(allowed))],
-                )
+            assert match.endpoint is not None  # the router gives an endpoint or an error
             request = Request(
                 scope,
                 receive,
@@ -413,16 +399,17 @@ class Host:
                 max_body_bytes=self.max_body_bytes,
                 body_timeout_s=self.body_timeout_s,
             )
-            response = await endpoint(request)
+            response = await match.endpoint(request)
         except HTTPError as exc:
             response = error_response(exc)
         except ClientDisconnect:
             return  # nobody to answer
         except Exception:
-            logger.exception("unhandled error in %s %s", method, path)
+            logger.exception("unhandled error in %s %s", method, match.path)
             response = error_response(
                 HTTPError(500, "internal server error; the traceback is in the server log")
             )
+        stamp_version(response)
         if response.status >= 400 and (b"connection", b"close") not in response.headers:
             # An error may come before the body was read: drop a small rest of it so the server
             # can reuse the connection, else say the connection closes (hypercorn dropped it
@@ -431,10 +418,10 @@ class Host:
             if not await reader.discard_body(DISCARD_BODY_BYTES, DISCARD_BODY_S):
                 response.headers.append((b"connection", b"close"))
         try:
-            await response.send(send, head=head)
+            await response.send(send, head=method == "HEAD")
         except OSError:
             # ASGI 2.4: send() may raise once the client has gone away.
-            logger.debug("client went away before the response to %s %s was sent", method, path)
+            logger.debug("client went away before the response to %s %s was sent", method, match.path)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)

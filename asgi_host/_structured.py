@@ -139,8 +139,15 @@ def decode_body(decode: Callable[[bytes], T], body: bytes) -> T:
 
 def encode(value: Any, media_type: str) -> Response:
     if media_type == JSON:
-        return Response(_json_encoder.encode(value), media_type=JSON, headers=[("vary", "accept")])
-    return Response(_msgpack_encoder.encode(value), media_type=media_type, headers=[("vary", "accept")])
+        return Response.raw(_json_encoder.encode(value), _HEADERS[JSON])
+    return Response.raw(_msgpack_encoder.encode(value), _HEADERS[media_type])
+
+
+# The answer's headers, per media type, built once.
+_HEADERS = {
+    media_type: ((b"content-type", media_type.encode()), (b"vary", b"accept"))
+    for media_type in (JSON, *MSGPACK_TYPES)
+}
 
 
 def response_media_type(accept: str | None) -> str:

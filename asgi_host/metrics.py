@@ -17,7 +17,9 @@ Exposes, in the Prometheus text format written by prometheus-client:
 - `asgi_host_model_load_seconds{model}`: the last load of each `TorchModel`;
 - `asgi_host_out_of_memory_passes{model}`: forward passes that ran out of device memory;
   `asgi_host_batch_oom_splits{batcher}`: batches retried in halves because of it;
-- `asgi_host_cuda_memory_bytes{kind}`: allocated and reserved CUDA memory, when CUDA is in use.
+- `asgi_host_cuda_memory_bytes{kind}`: allocated and reserved CUDA memory, when CUDA is in use;
+- `asgi_host_model_version_info{model,version}`: 1 for the version each model serves;
+  `asgi_host_model_reloads_total{model,outcome}`: reloads, `ok` or `failed`.
 
 Each `Metrics` has its own registry, so several hosts (or tests) never clash.
 """
@@ -25,8 +27,9 @@ Each `Metrics` has its own registry, so several hosts (or tests) never clash.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 from ._extras import raise_missing_extra
 
@@ -39,6 +42,8 @@ try:
         Histogram,
         generate_latest,
     )
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
 except ImportError as error:
     raise_missing_extra(
         error, "prometheus_client", package="prometheus-client", extra="metrics", needed_by=__name__
@@ -46,15 +51,31 @@ except ImportError as error:
 
 from ._batching import Batcher
 from ._http import Request, Response
-
-if TYPE_CHECKING:
-    from ._host import Host
+from ._routing import Dispatch, Match
+from ._types import Message, Receive, Scope, Send
 
 __all__ = ["Metrics"]
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class _Readiness(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+class _Host(Protocol):
+    """What `attach` reads of the host (an `asgi_host.Host`)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def resources(self) -> Iterable[Any]: ...
+
+    def readiness(self) -> _Readiness: ...
 
 
 class Metrics:
@@ -115,8 +136,13 @@ class Metrics:
         self.cuda_memory = Gauge(
             "asgi_host_cuda_memory_bytes", "CUDA memory of this process.", ["kind"], registry=r
         )
+        # (route, method, status) -> its counter and histogram: `labels()` looks them up under a
+        # lock and costs about 1 us each; the keys are bounded (routes, 10 methods, statuses).
+        self._series: dict[tuple[str, str, int | None], tuple[Any, Any]] = {}
+        self.model_versions = _ModelVersions()  # version info and reload counts, read at each scrape
+        r.register(self.model_versions)
 
-    def attach(self, host: Host) -> None:
+    def attach(self, host: _Host) -> None:
         """Wire the gauges to `host` and its resources (the host calls this)."""
         self.in_flight.set_function(lambda: host.in_flight)
         self.ready.set_function(lambda: 1.0 if host.readiness().status == "ready" else 0.0)
@@ -138,6 +164,8 @@ class Metrics:
         self.load_seconds.labels(model.name).set_function(last_load_s)
         if hasattr(model, "out_of_memory"):
             self.out_of_memory.labels(model.name).set_function(lambda: model.out_of_memory)
+        if hasattr(model, "reload_failures"):
+            self.model_versions.models.append(model)
 
     def _watch_batcher(self, batcher: Batcher[Any, Any]) -> None:
         rows = self.batch_rows.labels(batcher.name)
@@ -151,11 +179,69 @@ class Metrics:
         self.queue_rows.labels(batcher.name).set_function(lambda: batcher.queued_rows)
         self.oom_splits.labels(batcher.name).set_function(lambda: batcher.oom_splits)
 
+    def wrap(self, dispatch: Dispatch) -> Dispatch:
+        """`dispatch`, measured: count each request by route, method and status, and time it.
+
+        The host calls this once; requests to the probes and to `/metrics` are not measured.
+        """
+
+        async def measured(scope: Scope, receive: Receive, send: Send, match: Match) -> None:
+            status: int | None = None
+
+            async def recording_send(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            started = time.perf_counter()
+            try:
+                await dispatch(scope, receive, recording_send, match)
+            finally:
+                self.observe(match.label, scope["method"], status, time.perf_counter() - started)
+
+        return measured
+
     def observe(self, route: str, method: str, status: int | None, seconds: float) -> None:
         # The client chooses the method: invented ones share one label, so series stay bounded.
         method = method if method in STANDARD_METHODS else "other"
-        self.requests.labels(route, method, "disconnected" if status is None else str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        series = self._series.get((route, method, status))
+        if series is None:
+            status_label = "disconnected" if status is None else str(status)
+            series = (self.requests.labels(route, method, status_label), self.latency.labels(route))
+            self._series[route, method, status] = series
+        count, latency = series
+        count.inc()
+        latency.observe(seconds)
 
     async def endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _ModelVersions(Collector):
+    """`asgi_host_model_version_info{model,version}` (1 for the version serving) and
+    `asgi_host_model_reloads_total{model,outcome}` (`ok`, `failed`), read from the models at each
+    scrape, so a reload's new version replaces the old series instead of adding one."""
+
+    def __init__(self) -> None:
+        self.models: list[Any] = []
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "asgi_host_model_version_info",
+            "The version each model serves (value 1).",
+            labels=["model", "version"],
+        )
+        reloads = CounterMetricFamily(
+            "asgi_host_model_reloads", "Model reloads, by outcome.", labels=["model", "outcome"]
+        )
+        for model in self.models:
+            if model.version is not None:
+                info.add_metric([model.name, model.version], 1.0)
+            reloads.add_metric([model.name, "ok"], model.reloads)
+            reloads.add_metric([model.name, "failed"], model.reload_failures)
+        yield info
+        yield reloads

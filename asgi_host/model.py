@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import hashlib
 import logging
 import os
 import threading
@@ -18,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import torch
@@ -28,7 +29,9 @@ from torch import nn
 from ._classifier import ClassifierOutput, classifier_endpoint
 from ._errors import AsgiHostError, HTTPError, OutOfMemory
 from ._extras import raise_missing_extra
+from ._inflight import InFlight
 from ._placement import choose_cuda_device, release_claim
+from ._reload import ReloadError, Replacement, record_version
 from ._resources import Resource
 from ._worker import PassThreads
 
@@ -120,7 +123,16 @@ def release_cuda_memory() -> None:
         torch.cuda.ipc_collect()  # type: ignore[no-untyped-call]
 
 
+Execution = Literal["auto", "inline", "thread"]
+# `execution="auto"` runs passes on the event loop when the best timed warmup pass takes at most
+# this long. A thread hand-off costs the loop about 0.1 ms per request and a pass that short
+# blocks it for less; docs/benchmarks.md ("Where passes run") has the measurement behind it.
+INLINE_THRESHOLD_S = 0.0005
+# What a load sets on the TorchModel for the version it loads (a failed reload puts them back).
+_PER_VERSION = ("weights", "device", "inline", "execution_reason", "pass_s", "last_load_s", "compiled")
 INLINE_WARN_S = 0.001  # an inline forward pass longer than this blocks the loop too long
+TIMED_PASSES = 5  # warmup passes timed to choose where passes run (fewer once they take 0.2 s)
+TIMED_PASSES_BUDGET_S = 0.2
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that record CUDA graphs
 
 
@@ -130,7 +142,7 @@ class ModelHandle:
     Handlers call `await handle.run(fn, *args)`; `fn(module, *args)` runs under
     `torch.inference_mode()` on the model's own worker threads (`max_concurrency`
     of them; the thread that loaded and warmed the model runs its passes), or,
-    with `inline=True`, on the event loop itself (see `TorchModel`).
+    when `inline` (see `TorchModel(execution=...)`), on the event loop itself.
     The handle counts passes in flight so shutdown can wait for them,
     and it is the only holder of the module, so dropping it frees the weights
     even if request scopes still hold (copies of) the state.
@@ -158,17 +170,18 @@ class ModelHandle:
         self.inline = inline
         self._own_threads = threads is None and not inline  # a caller's threads are the caller's to stop
         self._threads = None if inline else threads or PassThreads(max_concurrency, "asgi_host-model")
-        self._in_flight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._in_flight = InFlight()
         self._closing = False
         self._on_out_of_memory = on_out_of_memory
         self.forward_passes = 0
         self.out_of_memory = 0
+        self.version: str | None = None  # of the weights (TorchModel sets it): the x-model-version header
+        # Set when a reload retired this handle: passes asked of it afterwards run on the new one.
+        self._successor: ModelHandle | None = None
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._in_flight.count
 
     @property
     def closing(self) -> bool:
@@ -181,9 +194,13 @@ class ModelHandle:
         return self._module
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(module, *args)` on the model's thread (inline: on the loop); 503 once shutdown began."""
+        """Run `fn(module, *args)` on the model's thread (or inline, on the loop); 503 once shutdown began."""
         if self._closing:
+            if self._successor is not None:
+                # A request that copied the state just before a reload swapped it: the new version answers.
+                return await self._successor.run(fn, *args)
             raise HTTPError(503, "the model is shutting down", headers=[("retry-after", "1")])
+        record_version(self.version)
         module = self.module
         if self._threads is None:
             # No await: nothing else runs on the loop meanwhile, so nothing to count.
@@ -191,17 +208,13 @@ class ModelHandle:
                 return self._call(fn, module, args)
             finally:
                 self.forward_passes += 1
-        self._in_flight += 1
-        self._idle = anyio.Event() if self._in_flight == 1 else self._idle
-        try:
-            # Not abandoned on cancellation: the thread keeps using the module,
-            # so the count must cover it until it really ends.
-            return await self._threads.run(self._call, fn, module, args)
-        finally:
-            self._in_flight -= 1
-            self.forward_passes += 1
-            if self._in_flight == 0:
-                self._idle.set()
+        with self._in_flight:
+            try:
+                # Not abandoned on cancellation: the thread keeps using the module,
+                # so the count must cover it until it really ends.
+                return await self._threads.run(self._call, fn, module, args)
+            finally:
+                self.forward_passes += 1
 
     def _call(self, fn: Callable[..., T], module: nn.Module, args: tuple[Any, ...]) -> T:
         try:
@@ -227,7 +240,7 @@ class ModelHandle:
     async def close(self) -> None:
         """Refuse new passes, wait for those in flight, then drop the module. Idempotent."""
         self._closing = True
-        await self._idle.wait()
+        await self._in_flight.wait_idle()
         self._module = None
         if self._threads is not None and self._own_threads:
             self._threads.stop()
@@ -320,7 +333,8 @@ class TorchModel(Resource):
       own parameters. Keys and shapes must match exactly.
     - `device`: `"auto"` (CUDA when available, else CPU) or explicit (`"cpu"`,
       `"cuda:1"`); `dtype` optionally casts floating-point weights.
-    - `warmup`: an input tensor or a `fn(module)` run once after loading.
+    - `warmup`: an input tensor or a `fn(module)` run after loading: once to
+      warm up, then up to five more times to time a pass (see `execution`).
       `warmup_batch_sizes`: also warm up at these batch sizes (a tensor's
       first row is repeated; a function is called as `fn(module, rows)`).
     - `compile`: `True` or a dict of `torch.compile` options (for example
@@ -330,12 +344,17 @@ class TorchModel(Resource):
       fails with the reason, or with `compile_fallback=True` the model serves
       eager and a warning says why.
     - Loading runs on the model's own worker thread; the event loop keeps serving.
-    - Forward passes run on that thread (`max_concurrency` threads, one by
-      default). `inline=True` runs them on the event loop instead: for models
-      whose forward pass takes well under a millisecond, where the thread hop
-      costs more than the pass. Each pass then blocks every other request for
-      its duration; a warning is logged at startup when a warmup pass (best of
-      three after the first) takes over 1 ms.
+    - `execution`: where forward passes run. `"thread"`: on that thread
+      (`max_concurrency` threads, one by default). `"inline"`: on the event
+      loop, for models whose pass takes well under a millisecond, where the
+      thread hand-off costs more than the pass; each pass then blocks every
+      other request for its duration (a warning is logged when the best timed
+      warmup pass takes over 1 ms). `"auto"` (the default) times the warmup
+      pass (best of up to five after the first) and goes inline when it takes
+      at most `inline_threshold_s` (0.5 ms), else threaded; compiled models,
+      `max_concurrency > 1` and models without a `warmup` always get the
+      thread. The choice and the time are logged, in `/readyz`'s detail
+      (`execution`, `pass_ms`) and in `asgi-host check`.
     - Out of CUDA memory while loading fails startup with the device's free and
       total memory and nothing left allocated; in a pass, see `ModelHandle`.
     - Shutdown refuses new passes (503), waits for passes in flight, drops the
@@ -357,8 +376,14 @@ class TorchModel(Resource):
         compile: bool | Mapping[str, Any] = False,
         compile_fallback: bool = False,
         max_concurrency: int = 1,
-        inline: bool = False,
+        execution: Execution = "auto",
+        inline_threshold_s: float = INLINE_THRESHOLD_S,
+        version: str | None = None,
     ) -> None:
+        if execution not in ("auto", "inline", "thread"):
+            raise ValueError(f"execution is 'auto', 'inline' or 'thread', got {execution!r}")
+        if inline_threshold_s < 0:
+            raise ValueError(f"inline_threshold_s must be at least 0, got {inline_threshold_s}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
         if any(n < 1 for n in warmup_batch_sizes):
@@ -368,15 +393,22 @@ class TorchModel(Resource):
         )
         if self.compile_options is not None and warmup is None:
             raise ValueError("compile needs a warmup input, or the first request would pay for compilation")
-        if self.compile_options is not None and inline:
-            raise ValueError("compile and inline do not mix: a compiled pass runs on the model's thread")
+        if self.compile_options is not None and execution == "inline":
+            raise ValueError(
+                "compile and execution='inline' do not mix: a compiled pass runs on the model's thread"
+            )
         mode = (self.compile_options or {}).get("mode")
         if mode in CUDA_GRAPH_MODES and max_concurrency != 1:
             raise ValueError(
                 f"mode={mode!r} records CUDA graphs in the thread that warms the model up, and "
                 "concurrent replays corrupt them (seen on an H100): use max_concurrency=1"
             )
-        self.inline = inline
+        self.execution: Execution = execution
+        self.inline_threshold_s = inline_threshold_s
+        # Decided at each startup (auto: from the timed warmup pass), for logs, /readyz and metrics.
+        self.inline: bool = execution == "inline"
+        self.execution_reason: str | None = None
+        self.pass_s: float | None = None
         self.build = build
         self.weights = Path(weights) if weights is not None else None
         self.device = device
@@ -388,6 +420,7 @@ class TorchModel(Resource):
         self.last_load_s: float | None = None  # build + load + warmup, for metrics
         self.compiled: bool = False  # whether the model being served is compiled
         self.out_of_memory = 0  # forward passes that ran out of device memory, over every lifespan
+        self.given_version = version  # else the weights file's sha256, first 12 hex digits
         super().__init__(self._lifespan, name=name)
 
     @asynccontextmanager
@@ -397,40 +430,175 @@ class TorchModel(Resource):
         # The model's threads exist before it loads: the thread that warms it up (and records
         # any CUDA graphs) is the one that serves it. Abandoned on cancellation: a startup
         # timeout must not wait for a 2-minute load to finish; the process is about to fail.
-        threads = None if self.inline else PassThreads(self.max_concurrency, f"asgi_host-{self.name}")
+        # Passes that run inline leave the thread idle; it still releases the model at the end.
+        threads = PassThreads(self.max_concurrency, f"asgi_host-{self.name}")
         try:
-            if threads is None:
-                loaded = await anyio.to_thread.run_sync(self.load, report, abandon_on_cancel=True)
-            else:
-                loaded = await threads.run(self.load, report, abandon_on_cancel=True)
+            loaded = await threads.run(self.load, report, abandon_on_cancel=True)
+            version = self.given_version or await threads.run(self._version_of, loaded[0])
         except BaseException:
-            if threads is not None:
-                threads.stop()
+            threads.stop()
             raise
         module, device, dtype = loaded
         del loaded
         handle = ModelHandle(
             module, device, dtype, inline=self.inline, threads=threads, on_out_of_memory=self._count_oom
         )
+        handle.version = self.version = version
         del module
+        self._serving = (handle, threads, device)
         try:
             yield handle
         finally:
+            if self._serving is not None:  # a reload may have replaced the handle yielded here
+                handle, threads, device = self._serving
+            self._serving = None
             await handle.close()
-            if threads is None:
-                await anyio.to_thread.run_sync(self._release, device)
-            else:
-                # On the model's own thread: CUDA graph trees and cuBLAS's per-thread workspaces
-                # live in that thread's state. Then the thread ends (joined, so no daemon thread
-                # touches CUDA while the interpreter exits: that aborted a process on an H100),
-                # and what it held is collected once more from here.
-                await threads.run(self._release, device)
-                threads.stop()
-                await anyio.to_thread.run_sync(threads.join, 30.0)
-                await anyio.to_thread.run_sync(release_cuda_memory)
+            # On the model's own thread: CUDA graph trees and cuBLAS's per-thread workspaces
+            # live in that thread's state. Then the thread ends (joined, so no daemon thread
+            # touches CUDA while the interpreter exits: that aborted a process on an H100),
+            # and what it held is collected once more from here.
+            await threads.run(self._release, device)
+            threads.stop()
+            await anyio.to_thread.run_sync(threads.join, 30.0)
+            await anyio.to_thread.run_sync(release_cuda_memory)
 
     def _count_oom(self) -> None:
         self.out_of_memory += 1
+
+    # ---- reloading (host.reload, the admin route): see asgi_host/_reload.py --------------------
+
+    version: str | None = None  # of the model serving now: given, or its weights' sha256 (12 hex digits)
+    reloads = 0  # successful reloads, over every lifespan
+    reload_failures = 0  # reloads whose new version failed to load or warm up
+    last_reload: dict[str, Any] | None = None  # the outcome of the last reload, for /readyz
+    _serving: tuple[ModelHandle, PassThreads, torch.device] | None = None
+    _configured_weights: Path | None = None  # the weights given at construction (reloads may change them)
+
+    def reload_root(self) -> Path | None:
+        """The directory the admin route takes new weights from: the configured weights' (resolved)."""
+        configured = self._configured_weights or self.weights
+        return None if configured is None else Path(os.path.realpath(configured.parent))
+
+    async def reload(
+        self, host: Any = None, *, weights: str | os.PathLike[str] | None = None, version: str | None = None
+    ) -> Replacement:
+        """Build, load and warm up a new version (new `weights`, else the same file again) beside the
+        one serving, on threads of its own; hand it to the host to swap in (`host.reload` calls this).
+
+        The new version goes on the device the current one is on, with the same settings. Fails with
+        `ReloadError` (the current version keeps serving, nothing of the new one stays allocated)
+        when it cannot be loaded. Compiled models are refused: releasing the old version would reset
+        every compiled function of the process, the new one's included (restart the process instead).
+        """
+        if self.compile_options is not None:
+            raise ReloadError(
+                f"model {self.name!r} is compiled and cannot be reloaded in place (releasing the old version "
+                "resets torch.compile for the whole process): restart the process with the new weights",
+                status=409,
+            )
+        serving = self._serving
+        if serving is None:
+            raise ReloadError(f"model {self.name!r} is not serving: nothing to reload", status=409)
+        old_handle, old_threads, device = serving
+        if self._configured_weights is None:
+            self._configured_weights = self.weights
+        path = Path(weights) if weights is not None else self.weights
+        # What a load sets describes the version serving until the swap: put it back on failure.
+        kept = {k: getattr(self, k) for k in _PER_VERSION}
+        self.weights = path
+        self.device = device  # no new placement: the version serving shows the device works
+        threads = PassThreads(self.max_concurrency, f"asgi_host-{self.name}")
+        started = time.perf_counter()
+        failure: str | None = None
+        try:
+            try:
+                loaded = await threads.run(self.load)
+                new_version = version or await threads.run(self._version_of, loaded[0])
+            except Exception as exc:
+                failure = str(exc).strip() or type(exc).__name__
+                loaded = None
+        except BaseException:
+            self._undo_reload(kept, threads)
+            raise
+        if failure is None and self._serving is not serving:
+            failure = "the host shut down (or another reload finished) while this one was loading"
+        if failure is not None or loaded is None:
+            # Out of the except block: the half-loaded model is unreferenced now, so its memory can go.
+            loaded = None
+            self._undo_reload(kept, threads)
+            await anyio.to_thread.run_sync(threads.join, 30.0)
+            await anyio.to_thread.run_sync(release_cuda_memory)
+            self.reload_failures += 1
+            self.last_reload = {
+                "status": "failed",
+                "error": failure,
+                "weights": str(path),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "serving": self.version,
+            }
+            raise ReloadError(f"model {self.name!r}: {failure}")
+        module, new_device, dtype = loaded
+        del loaded
+        self.device = kept["device"]
+        handle = ModelHandle(
+            module, new_device, dtype, inline=self.inline, threads=threads, on_out_of_memory=self._count_oom
+        )
+        del module
+        previous = old_handle.version
+        handle.version = self.version = new_version
+        self._serving = (handle, threads, new_device)
+        self.reloads += 1
+        self.last_reload = {
+            "status": "ok",
+            "version": new_version,
+            "previous": previous,
+            "weights": str(path),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_s": round(time.perf_counter() - started, 3),
+        }
+
+        async def retire() -> None:
+            await self._retire(old_handle, old_threads, handle)
+
+        return Replacement(handle, retire, version=new_version, previous=previous)
+
+    def _undo_reload(self, kept: dict[str, Any], threads: PassThreads) -> None:
+        for key, value in kept.items():
+            setattr(self, key, value)
+        threads.stop()
+
+    async def _retire(self, old: ModelHandle, threads: PassThreads, successor: ModelHandle) -> None:
+        """After the swap: the old version finishes its passes in flight, then is released like at
+        shutdown (module dropped, CUDA memory freed on its own thread, which then ends and is joined)."""
+        old._successor = successor
+        await old.close()
+        device = old.device
+        before = cuda_memory(device) if device.type == "cuda" else {}
+        await threads.run(release_cuda_memory)
+        threads.stop()
+        await anyio.to_thread.run_sync(threads.join, 30.0)
+        await anyio.to_thread.run_sync(release_cuda_memory)
+        after = cuda_memory(device) if device.type == "cuda" else {}
+        logger.info(
+            "model %r version %s released after the reload%s",
+            self.name,
+            old.version,
+            f": cuda before={before} after={after}" if before else "",
+        )
+
+    def _version_of(self, module: nn.Module) -> str:
+        """The first 12 hex digits of the weights file's sha256 (without a file: of the parameters)."""
+        digest = hashlib.sha256()
+        if self.weights is not None:
+            with self.weights.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        else:
+            for key, tensor in module.state_dict().items():
+                digest.update(key.encode())
+                raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                digest.update(raw.numpy().tobytes())
+        return digest.hexdigest()[:12]
 
     def load(
         self, report: Callable[[str, float], None] | None = None
@@ -497,23 +665,21 @@ class TorchModel(Resource):
             for rows in self.warmup_batch_sizes:
                 stage(f"warmup, batch size {rows}", 0.8)
                 self._warm(module, device, rows)
+        self.pass_s = self._time_pass(module, device)
+        self.inline, self.execution_reason = self._choose_execution(self.pass_s)
         self.last_load_s = time.perf_counter() - started
-        if self.inline and self.warmup is not None:
-            # The first pass paid for lazy initialisation; the best of three more is
-            # what requests will see (the slower ones are the machine's noise).
-            pass_s = min(self._warm(module, device, None) for _ in range(3))
-            if pass_s > INLINE_WARN_S:
-                logger.warning(
-                    "inline=True but a forward pass of %s took %.1f ms: each one blocks the event loop (and "
-                    "every other request) that long; use inline=False (the default) for this model",
-                    type(module).__name__,
-                    pass_s * 1e3,
-                )
+        if self.execution == "inline" and self.pass_s is not None and self.pass_s > INLINE_WARN_S:
+            logger.warning(
+                "execution='inline' but a forward pass of %s took %.1f ms: each one blocks the event loop "
+                "(and every other request) that long; use execution='auto' or 'thread' for this model",
+                type(module).__name__,
+                self.pass_s * 1e3,
+            )
         params = sum(p.numel() for p in module.parameters())
         memory = cuda_memory(device) if device.type == "cuda" else {}
         logger.info(
             "model %s loaded: device=%s dtype=%s parameters=%d load_s=%.3f warmup_s=%.3f compiled=%s "
-            "ready_s=%.3f%s",
+            "ready_s=%.3f execution=%s (%s)%s",
             type(getattr(module, "_orig_mod", module)).__name__,
             device,
             dtype,
@@ -522,9 +688,50 @@ class TorchModel(Resource):
             warmup_s,
             self.compiled,
             self.last_load_s,
+            "inline" if self.inline else "thread",
+            self.execution_reason,
             f" cuda_before={before} cuda_after={memory}" if memory else "",
         )
         return module, device, dtype
+
+    def _time_pass(self, module: nn.Module, device: torch.device) -> float | None:
+        """The best of up to `TIMED_PASSES` warmup passes (None without a warmup input).
+
+        The first pass has already paid for lazy initialisation; the best of the
+        next few is what requests will see (the slower ones are the machine's noise).
+        """
+        if self.warmup is None:
+            return None
+        times: list[float] = []
+        while len(times) < TIMED_PASSES and sum(times) < TIMED_PASSES_BUDGET_S:
+            times.append(self._warm(module, device, None))
+        return min(times)
+
+    def _choose_execution(self, pass_s: float | None) -> tuple[bool, str]:
+        """Whether passes run inline, and why (for the log, /readyz and `asgi-host check`)."""
+        if self.execution != "auto":
+            return self.execution == "inline", f"execution={self.execution!r} was asked for"
+        if self.compiled:
+            return False, "compiled: passes run on the thread that compiled and warmed the model"
+        if self.max_concurrency > 1:
+            return False, f"max_concurrency={self.max_concurrency} asks for threads"
+        if pass_s is None:
+            return False, "no warmup input to time a pass with"
+        limit_ms = self.inline_threshold_s * 1e3
+        if pass_s <= self.inline_threshold_s:
+            return True, f"a pass takes {pass_s * 1e3:.3f} ms, within the {limit_ms:g} ms inline threshold"
+        return False, f"a pass takes {pass_s * 1e3:.3f} ms, over the {limit_ms:g} ms inline threshold"
+
+    def detail(self) -> dict[str, Any]:
+        """What `/readyz` and `asgi-host check` show of this model once it is loaded."""
+        return {
+            "execution": "inline" if self.inline else "thread",
+            "execution_reason": self.execution_reason,
+            "pass_ms": None if self.pass_s is None else round(self.pass_s * 1e3, 4),
+            "compiled": self.compiled,
+            "version": self.version,
+            "last_reload": self.last_reload,
+        }
 
     def _compile(
         self, module: nn.Module, device: torch.device, stage: Callable[[str, float], None]

@@ -9,7 +9,7 @@ memory included) after the last request. Settings (`IrisConfig`) come from
 `IRIS_CONFIG` (a TOML file, see examples/iris.toml) and `IRIS_*` environment
 variables, read once at import: `IRIS_WEIGHTS`, `IRIS_DEVICE` (`auto`, `cpu`,
 `cuda:0`, ...), `IRIS_MAX_ROWS`, `IRIS_BATCHING=on`,
-`IRIS_BATCHING__MAX_BATCH_ROWS=32`, `IRIS_BACKGROUND_STARTUP=true`, `IRIS_INLINE=true`,
+`IRIS_BATCHING__MAX_BATCH_ROWS=32`, `IRIS_BACKGROUND_STARTUP=true`, `IRIS_EXECUTION=thread`,
 `IRIS_COMPILE=reduce-overhead`, ... An
 unknown `IRIS_` variable stops the import with the list of known ones.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 import torch
@@ -52,7 +52,9 @@ class IrisConfig(HostConfig, frozen=True, kw_only=True):
     device: str = "auto"
     max_rows: Annotated[int, msgspec.Meta(ge=1)] = 1024
     metrics: bool = True  # GET /metrics (needs the `metrics` extra: prometheus-client)
-    inline: bool = False  # forward passes on the event loop: about 2x less per request (docs/model.md)
+    # Where forward passes run: "auto" times one at startup and runs it on the event loop when it
+    # is shorter than a thread hand-off (this model's is), else on the model's thread (docs/model.md).
+    execution: Literal["auto", "inline", "thread"] = "auto"
     # torch.compile at startup: "default", or a mode ("reduce-overhead" captures CUDA graphs on a GPU).
     compile: CompileMode = "off"
 
@@ -65,7 +67,7 @@ def make_app(config: IrisConfig | None = None) -> Host:
         name="model",
         device=config.device,
         warmup=torch.zeros(1, len(FEATURES)),
-        inline=config.inline,
+        execution=config.execution,
         compile=compile_setting(config.compile),
         # Compiled: warm up the smallest and the largest pass a request can cause, so none compiles.
         warmup_batch_sizes=(1, config.batching.max_batch_rows if config.batching else config.max_rows)

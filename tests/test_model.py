@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import json
+import logging
 import os
 import threading
 import time
@@ -18,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from asgi_host import Host, HTTPError, LifespanPhase, Request, Response, Route
-from asgi_host.model import ModelHandle, TorchModel, release_cuda_memory, resolve_device
+from asgi_host.model import TIMED_PASSES, ModelHandle, TorchModel, release_cuda_memory, resolve_device
 from asgi_host.testing import LifespanDriver, LifespanFailed
 from examples.iris import WEIGHTS, IrisMLP
 from tests._wait import until
@@ -67,7 +69,9 @@ async def test_inline_runs_on_the_loop_and_still_refuses_after_shutdown() -> Non
     loop_thread = threading.get_ident()
     ran_in: list[int] = []
     forward = _recording_forward(ran_in)
-    async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, device="cpu", inline=True))) as lifespan:
+    async with LifespanDriver(
+        host_with(TorchModel(IrisMLP, WEIGHTS, device="cpu", execution="inline"))
+    ) as lifespan:
         handle: ModelHandle = lifespan.state["model"]
         logits = await handle.run(forward, torch.tensor([[5.1, 3.5, 1.4, 0.2]]))
         assert handle.inline
@@ -89,16 +93,73 @@ class _SlowForward(IrisMLP):
 async def test_inline_warns_when_a_forward_pass_is_too_slow_for_the_loop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    for model_cls, inline, warned in (
-        (_SlowForward, True, True),
-        (_SlowForward, False, False),
-        (IrisMLP, True, False),
+    for model_cls, execution, warned in (
+        (_SlowForward, "inline", True),
+        (_SlowForward, "thread", False),
+        (_SlowForward, "auto", False),
+        (IrisMLP, "inline", False),
     ):
         caplog.clear()
-        model = TorchModel(model_cls, WEIGHTS, device="cpu", inline=inline, warmup=torch.zeros(1, 4))
+        model = TorchModel(model_cls, WEIGHTS, device="cpu", execution=execution, warmup=torch.zeros(1, 4))
         async with LifespanDriver(host_with(model)):
             pass
-        assert ("blocks the event loop" in caplog.text) is warned, (model_cls, inline)
+        assert ("blocks the event loop" in caplog.text) is warned, (model_cls, execution)
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "threshold_s", "inline"),
+    [(IrisMLP, 0.05, True), (_SlowForward, 0.001, False)],
+    ids=["fast-inline", "slow-thread"],
+)
+async def test_auto_execution_is_chosen_from_the_timed_warmup_pass(
+    model_cls: type[IrisMLP], threshold_s: float, inline: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "asgi_host.model")
+    loop_thread = threading.get_ident()
+    model = TorchModel(
+        model_cls, WEIGHTS, device="cpu", warmup=torch.zeros(1, 4), inline_threshold_s=threshold_s
+    )
+    async with LifespanDriver(host_with(model)) as lifespan:
+        handle: ModelHandle = lifespan.state["model"]
+        ran_in: list[int] = []
+        await handle.run(_recording_forward(ran_in), torch.zeros(1, 4))
+        ready = await lifespan.request("GET", "/readyz")
+    assert handle.inline is inline
+    assert (ran_in == [loop_thread]) is inline
+    assert model.pass_s is not None
+    assert (model.pass_s <= threshold_s) is inline
+    if not inline:
+        assert model.pass_s >= 0.003  # the slow module sleeps that long in every pass
+    detail = json.loads(ready.body)["resources"]["model"]
+    assert detail["execution"] == ("inline" if inline else "thread")
+    assert detail["pass_ms"] == pytest.approx(model.pass_s * 1e3, abs=1e-3)
+    assert ("within" if inline else "over") in detail["execution_reason"]
+    assert f"execution={'inline' if inline else 'thread'}" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({}, "no warmup input"),
+        ({"warmup": torch.zeros(1, 4), "max_concurrency": 2}, "max_concurrency=2"),
+        ({"warmup": torch.zeros(1, 4), "execution": "thread"}, "execution='thread' was asked for"),
+    ],
+    ids=["no-warmup", "concurrency", "asked"],
+)
+async def test_auto_execution_keeps_the_thread_when_it_cannot_or_should_not_inline(
+    kwargs: dict[str, Any], reason: str
+) -> None:
+    model = TorchModel(IrisMLP, WEIGHTS, device="cpu", inline_threshold_s=10.0, **kwargs)
+    async with LifespanDriver(host_with(model)) as lifespan:
+        assert not lifespan.state["model"].inline
+    assert reason in (model.execution_reason or "")
+
+
+def test_execution_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="'auto', 'inline' or 'thread'"):
+        TorchModel(IrisMLP, WEIGHTS, execution="loop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="inline_threshold_s"):
+        TorchModel(IrisMLP, WEIGHTS, inline_threshold_s=-1)
 
 
 async def test_loads_a_state_dict_with_weights_only(tmp_path: Path) -> None:
@@ -191,7 +252,9 @@ async def test_warmup_runs_and_a_failing_warmup_fails_startup() -> None:
         seen.append(tuple(module(torch.zeros(2, 4, device=next(module.parameters()).device)).shape))
 
     async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, warmup=warm))):
-        assert seen == [(2, 3)]
+        # Once to warm up, then up to five times more to time a pass (execution="auto").
+        assert set(seen) == {(2, 3)}
+        assert 2 <= len(seen) <= 1 + TIMED_PASSES
     with pytest.raises(LifespanFailed, match="warmup failed: RuntimeError"):
         async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, warmup=torch.zeros(1, 5)))):
             pass

@@ -300,3 +300,12 @@ async def test_a_body_that_stalls_is_408_and_frees_the_request() -> None:
     error = msgspec.json.decode(body)["error"]
     assert error["type"] == "request_timeout"
     assert "within body_timeout_s=0.2 (5 bytes received of 100)" in error["message"]
+
+
+def test_finite_checks_tell_an_overflowing_sum_from_a_non_finite_value() -> None:
+    from asgi_host._classifier import _check_finite
+
+    _check_finite([[1e308, 1e308, 0.0, 0.0]])  # the fast sum overflows; every value is finite
+    with pytest.raises(HTTPError) as refused:
+        _check_finite([[1e308, 1e308, 0.0, 0.0], [1.0, float("inf"), 0.0, 0.0]])
+    assert refused.value.path == "$.inputs[1][1]"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
+import anyio
 import pytest
 
 from asgi_host import Host, HTTPError, Mount, Request, Response, Route
@@ -318,3 +319,68 @@ async def test_in_flight_counts_and_waits_for_idle() -> None:
         release.set()
         assert await in_flight.wait_idle(5)
     assert in_flight.count == 0
+
+
+async def test_a_body_that_arrives_at_once_after_a_wait_or_never() -> None:
+    """Read at once, after a wait within body_timeout_s, or never (408 when the time is up)."""
+
+    async def length(request: Request) -> Response:
+        return Response.json({"length": len(await request.body())})
+
+    host = Host(routes=[Route("/n", length, methods=["POST"])], body_timeout_s=0.3)
+    scope = http_scope("POST", "/n", headers=[("content-length", "5")])
+    chunks = [
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"cde"},
+    ]
+    arrived = iter(chunks)
+
+    async def at_once() -> Message:
+        return next(arrived)
+
+    assert (await request(host, "POST", "/n", body=b"abcde")).json() == {"length": 5}
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await host(scope, at_once, send)  # both chunks there: never suspends
+    assert b'{"length":5}' in sent[-1]["body"]
+    later = iter(chunks)
+
+    async def after_a_wait() -> Message:
+        await anyio.sleep(0.05)  # suspends at the first step; the timer covers the rest
+        return next(later)
+
+    sent.clear()
+    await host(scope, after_a_wait, send)
+    assert b'{"length":5}' in sent[-1]["body"]
+
+    scoped = iter(chunks)
+
+    async def in_a_scope_of_its_own() -> Message:
+        # A receive that opens a cancel scope before it suspends (a middleware's timeout, say):
+        # the host's timer must not upset it.
+        with anyio.move_on_after(30):
+            await anyio.sleep(0.05)
+        return next(scoped)
+
+    sent.clear()
+    await host(scope, in_a_scope_of_its_own, send)
+    assert b'{"length":5}' in sent[-1]["body"]
+
+    async def never() -> Message:
+        await anyio.sleep(60)
+        raise AssertionError("the timeout should have ended the wait")
+
+    async def never_in_a_scope() -> Message:
+        with anyio.move_on_after(60):
+            await anyio.sleep(60)
+        raise AssertionError("the timeout should have ended the wait")
+
+    for stalled in (never, never_in_a_scope):
+        sent.clear()
+        started = anyio.current_time()
+        await host(scope, stalled, send)
+        assert anyio.current_time() - started < 5
+        assert sent[0]["status"] == 408, stalled
