@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from asgi_host import Batching, Host, Request, Route, StructEndpoint
+from asgi_host import Batching, Host, HTTPError, Request, Route, StructEndpoint
 from asgi_host.model import TorchModel, classifier_endpoint
 from asgi_host.testing import HTTPResult, LifespanDriver, call, http_scope
 from examples.app import IrisConfig, make_app
