@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import asgi_host
 import asgi_host.testing
+import asgi_host.types
+from tests._server import ROOT
 
 
 def test_public_names() -> None:
@@ -44,9 +47,44 @@ def test_public_names() -> None:
 
 def test_testing_kit_names() -> None:
     assert asgi_host.testing.__all__ == sorted(asgi_host.testing.__all__)
-    assert {"LifespanDriver", "request", "call", "HTTPResult", "LifespanFailed"} <= set(
+    assert {"LifespanDriver", "request", "call", "HTTPResult", "LifespanFailed", "lifespan_scope"} <= set(
         asgi_host.testing.__all__
     )
+
+
+def test_the_asgi_types_are_a_public_module() -> None:
+    assert asgi_host.types.__all__ == sorted(asgi_host.types.__all__)
+    assert {
+        "ASGIApp",
+        "ASGIReceiveEvent",
+        "ASGISendEvent",
+        "HTTPRequestEvent",
+        "HTTPResponseStartEvent",
+        "HTTPScope",
+        "LifespanScope",
+        "LifespanStartupEvent",
+        "LifespanStartupFailedEvent",
+        "Receive",
+        "Scope",
+        "Send",
+    } <= set(asgi_host.types.__all__)
+    for name in asgi_host.types.__all__:
+        assert getattr(asgi_host.types, name) is not None
+    # The keys the spec gives a default are optional, at run time too.
+    assert asgi_host.types.HTTPRequestEvent.__required_keys__ == {"type"}
+    assert asgi_host.types.LifespanStartupFailedEvent.__required_keys__ == {"type", "message"}
+
+
+def test_examples_and_docs_import_only_public_modules() -> None:
+    private = re.compile(r"\b(from|import)\s+asgi_host\._")
+    files = [*ROOT.glob("examples/**/*.py"), *ROOT.glob("docs/*.md"), ROOT / "README.md"]
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert offenders == []
 
 
 def test_imports_without_torch_or_prometheus() -> None:
