@@ -362,9 +362,15 @@ class V2Model:
     async def _check(self, host: Any) -> AsyncIterator[None]:
         # After the model loaded: outputs that do not fit the declaration fail startup with the
         # reason, instead of every request answering 500.
+        state = host.state
+        handle = state.get(self.resource)
+        if not hasattr(handle, "run"):
+            raise RuntimeError(
+                f"v2 model {self.name!r} runs the model under the state key {self.resource!r}, which no "
+                f"resource yielded (keys: {', '.join(map(repr, state)) or 'none'}): pass resource= the "
+                "TorchModel's name, and the TorchModel to the host's resources"
+            )
         if self.check_outputs and all(spec.datatype != "BYTES" for spec in self.inputs):
-            state = host.state
-            handle = _handle(state, self)
             arrays = [_zeros(spec, 2 if self.batched else 1) for spec in self.inputs]
             try:
                 await handle.run(self._forward, arrays, handle.device, handle.dtype, None)

@@ -494,7 +494,7 @@ async def test_fn_with_a_parameters_keyword_gets_the_request_parameters() -> Non
 # -- readiness, startup and model bugs ---------------------------------------------------------------
 
 
-async def test_a_model_missing_from_the_state_is_not_ready_and_infer_is_503() -> None:
+async def test_a_model_missing_from_the_state_fails_startup() -> None:
     model = V2Model(
         name="ghost",
         resource="not-loaded",
@@ -502,19 +502,29 @@ async def test_a_model_missing_from_the_state_is_not_ready_and_infer_is_503() ->
         outputs=[TensorSpec("y", "FP32", [-1, 1])],
         check_outputs=False,
     )
-    async with LifespanDriver(host_with(model)) as lifespan:
+    with pytest.raises(LifespanFailed, match="under the state key 'not-loaded', which no resource yielded"):
+        async with LifespanDriver(host_with(model)):
+            pass
+
+
+async def test_a_released_model_is_not_ready_and_infer_is_503() -> None:
+    async with LifespanDriver(host_with(echo("FP32"))) as lifespan:
+        assert (await lifespan.request("GET", "/v2/models/echo/ready")).status == 200
+        await lifespan.state["model"].close()  # as shutdown does, before the host drains
         assert (await lifespan.request("GET", "/v2/health/live")).status == 200
         ready = await lifespan.request("GET", "/v2/health/ready")
         assert ready.status == 503
-        assert ready.json() == {"error": "models not ready: ghost"}
-        assert (await lifespan.request("GET", "/v2/models/ghost/ready")).status == 503
+        assert ready.json() == {"error": "models not ready: echo"}
+        model_ready = await lifespan.request("GET", "/v2/models/echo/ready")
+        assert model_ready.json() == {"error": "model 'echo' is not ready"}
         infer = await lifespan.request(
             "POST",
-            "/v2/models/ghost/infer",
-            json={"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]},
+            "/v2/models/echo/infer",
+            json={"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
         )
         assert infer.status == 503
-        assert "no model handle under 'not-loaded'" in infer.json()["error"]
+        assert infer.json() == {"error": "the model is shutting down"}
+        assert infer.header("retry-after") == "1"
 
 
 async def test_outputs_that_do_not_fit_the_declaration_fail_startup() -> None:
