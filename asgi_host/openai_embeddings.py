@@ -272,16 +272,16 @@ class OpenAIEmbeddings:
             vectors, counts = await self.embed(texts, request)
             data = self._encode(vectors, counts, len(texts), body.encoding_format)
             tokens = sum(counts)
+            return Response.json(
+                EmbeddingsResponse(
+                    data=data, model=self.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+                )
+            )
         except (HTTPError, ClientDisconnect):
             raise
-        except Exception:
+        except Exception:  # a bug in embed (or what it returned): logged, and answered in OpenAI's shape
             logger.exception("unhandled error in %s %s", request.method, request.path)
             raise OpenAIError(500, "internal server error; the traceback is in the server log") from None
-        return Response.json(
-            EmbeddingsResponse(
-                data=data, model=self.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-            )
-        )
 
     def _decode(self, raw: bytes) -> EmbeddingsRequest:
         try:
@@ -343,10 +343,14 @@ class OpenAIEmbeddings:
                 raise RuntimeError(
                     f"embed returned {len(vector)} floats for input[{i}], not {self.dimensions}"
                 )
-            if not all(math.isfinite(x) for x in vector):  # never answer NaN as an embedding
+            # Never answer NaN as an embedding. The sum is NaN or infinite when any element is (and
+            # rarely when finite ones overflow it): only then look at each element.
+            if not math.isfinite(sum(vector)) and not all(math.isfinite(x) for x in vector):
                 raise OpenAIError(400, f"the model's output for input[{i}] is not finite", param="input")
-            embedding: list[float] | str = (
-                _base64_float32(vector) if encoding == "base64" else [float(x) for x in vector]
-            )
+            embedding: list[float] | str
+            if encoding == "base64":
+                embedding = _base64_float32(vector)
+            else:  # Python floats as they are (the common case); anything else converted
+                embedding = vector if type(vector) is list else [float(x) for x in vector]
             data.append(Embedding(index=i, embedding=embedding))
         return data

@@ -8,6 +8,7 @@ python -m bench ray [args]            # Iris on Ray Serve, 1 vs 2 replicas (need
 python -m bench hop [args]            # a thread hand-off and back: the model's own thread vs anyio.to_thread
 python -m bench protocols [args]      # KServe v2 infer vs /predict, in-process and over hypercorn
 python -m bench gpu [args]            # GPU: memory, time to ready, MiniLM batching, compile, OOM
+python -m bench openai [args]         # the OpenAI embeddings layer against /embed, in process
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ COMMANDS = {
     "hop": "bench.hop",
     "protocols": "bench.protocols",
     "ray": "bench.ray_replicas",
+    "openai": "bench.openai_embeddings",
 }
 
 QUICK = [

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -224,6 +225,16 @@ async def test_errors_of_the_model_keep_their_status_in_openais_shape(
     assert "embed returned 3 floats for input[0], not 4" in caplog.text
 
 
+async def test_finite_outputs_whose_sum_overflows_and_other_sequences_are_answered(
+    host: LifespanDriver, fake: FakeEmbedder
+) -> None:
+    body = {"input": ["a", "b"], "model": "tiny"}
+    fake.output = [[1e308, 1e308, 0.0, 0.0], array.array("d", [0.5, 0.5, 0.5, 0.5])]  # type: ignore[list-item]
+    result = await host.request("POST", "/v1/embeddings", json=body)
+    assert result.status == 200, result.body
+    assert [d["embedding"] for d in result.json()["data"]] == [[1e308, 1e308, 0.0, 0.0], [0.5] * 4]
+
+
 async def test_a_client_that_went_away_is_not_answered(fake: FakeEmbedder) -> None:
     api = OpenAIEmbeddings(fake, model="tiny", dimensions=4)
     body = msgspec.json.encode({"input": "a", "model": "tiny"})
@@ -431,3 +442,30 @@ def test_the_module_needs_neither_torch_nor_openai() -> None:
         "import asgi_host.openai_embeddings\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.server
+def test_the_bench_script_starts() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "openai",
+            "-n",
+            "3",
+            "--texts",
+            "2",
+            "--model-n",
+            "1",
+            "--model-texts",
+            "1",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| POST")]
+    assert len(rows) == 6  # three routes, stand-in and real model
