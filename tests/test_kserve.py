@@ -58,7 +58,15 @@ def split_binary(result: HTTPResult) -> tuple[dict[str, Any], dict[str, bytes]]:
 
 
 def bytes_elements(items: Sequence[bytes]) -> bytes:
+    """BYTES in binary, as Triton's client writes them (checked against it below)."""
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def test_bytes_elements_is_what_tritonclient_sends() -> None:
+    utils = pytest.importorskip("tritonclient.utils")
+    items = [b"\xff\x00raw", b"", b"xyz"]
+    assert utils.serialize_byte_tensor(np.array(items, dtype=object)).item() == bytes_elements(items)
+    assert utils.deserialize_bytes_tensor(bytes_elements(items)).tolist() == items
 
 
 @pytest.fixture

@@ -32,6 +32,14 @@ def iris_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def datatypes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    tmp_path = tmp_path_factory.mktemp("kserve-datatypes")
+    with run_server(hypercorn_command("tests.kserve_apps:app", port), port, tmp_path) as server:
+        yield server
+
+
 @pytest.fixture
 def client(iris_server: Server) -> Iterator[Any]:
     triton = httpclient.InferenceServerClient(url=f"127.0.0.1:{iris_server.port}")
@@ -130,3 +138,48 @@ def test_the_protocols_benchmark_runs() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ratios to /predict, 150 rows: v2 infer json" in result.stdout
     assert "tritonclient, v2 infer binary" in result.stdout
+
+
+NUMPY_TYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_every_datatype_with_tritonclient(datatypes_server: Server, binary: bool) -> None:
+    triton = httpclient.InferenceServerClient(url=f"127.0.0.1:{datatypes_server.port}")
+    try:
+        for datatype, numpy_type in NUMPY_TYPES.items():
+            values = (
+                np.array([[1, 0, 1], [0, 1, 1]]) if datatype == "BOOL" else np.array([[1, -2, 3], [4, 5, 6]])
+            )
+            array = (values * (1 if datatype.startswith(("UINT", "BOOL")) else -1)).astype(numpy_type)
+            if datatype.startswith("FP"):
+                array = (array / 4).astype(numpy_type)  # quarters: exact in every float type
+            tensor = httpclient.InferInput("x", [2, 3], datatype)
+            tensor.set_data_from_numpy(array, binary_data=binary)
+            wanted = httpclient.InferRequestedOutput("y", binary_data=binary)
+            result = triton.infer(f"echo_{datatype.lower()}", [tensor], outputs=[wanted])
+            answer = result.as_numpy("y")
+            assert answer.dtype == array.dtype, datatype
+            np.testing.assert_array_equal(answer, array)
+
+        texts = np.array([["héllo".encode()], [b"ab"]], dtype=object)
+        tensor = httpclient.InferInput("texts", [2, 1], "BYTES")
+        tensor.set_data_from_numpy(texts, binary_data=binary)
+        wanted = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in ("upper", "lengths")]
+        result = triton.infer("text", [tensor], outputs=wanted)
+        upper = result.as_numpy("upper").ravel().tolist()
+        # The client gives BYTES answered in JSON back as str, in binary as bytes.
+        assert upper == (["HéLLO".encode(), b"AB"] if binary else ["HéLLO", "AB"])
+        assert result.as_numpy("lengths").tolist() == [[6], [2]]
+    finally:
+        triton.close()
