@@ -375,6 +375,31 @@ def test_the_official_client_gets_the_embeddings_of_embed(embed_server: Server, 
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the async client runs on asyncio
+async def test_the_async_client_batches_with_embed_on_the_server(
+    embed_server: Server, anyio_backend: str
+) -> None:
+    import openai
+
+    async with openai.AsyncOpenAI(
+        base_url=f"{embed_server.url}/v1", api_key="unused", max_retries=0
+    ) as client:
+        answers: list[Any] = [None] * len(FOOD)
+
+        async def one(i: int) -> None:
+            answers[i] = await client.embeddings.create(model=MODEL, input=FOOD[i])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(FOOD)):
+                tg.start_soon(one, i)
+    async with httpx.AsyncClient() as http:
+        reference = (await http.post(f"{embed_server.url}/embed", json={"texts": FOOD}, timeout=30)).json()
+    for answer, want in zip(answers, reference["embeddings"], strict=True):
+        got = answer.data[0].embedding
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
+
+
+@pytest.mark.server
 def test_the_official_client_raises_openais_errors(client: Any) -> None:
     import openai
 
