@@ -63,3 +63,10 @@ def test_ray_replicas_one_replica() -> None:
     out = bench("ray", "-c", "2", "-d", "1", "--replicas", "1", "--no-hypercorn")
     assert "| Ray Serve, 1 replica | 2 |" in out
     assert "serve.run to ready" in out
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_execution_inline_against_thread() -> None:
+    out = bench("execution", "--widths", "16", "-c", "2", "-d", "1")
+    assert "| 16 |" in out
+    assert "thread / inline" in out
