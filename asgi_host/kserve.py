@@ -386,7 +386,7 @@ class V2Model:
     def parse(self, body: bytes, header_length: str | None) -> tuple[_InferRequest, list[Array]]:
         """The request and its input arrays in declared order; `HTTPError` 400/413 when invalid."""
         if header_length is not None:
-            if not header_length.strip().isdigit():
+            if not header_length.strip().isdecimal():
                 raise _bad(f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
             length = int(header_length)
             if length > len(body):
@@ -574,6 +574,11 @@ def _has_data(tensor: _InputTensor) -> bool:
 def _from_json(tensor: _InputTensor) -> Array:
     raw = bytes(tensor.data)
     depth = raw.count(b"[", 0, _first_value(raw))  # 1: flat, more: nested
+    if depth > 1 and depth != len(tensor.shape):
+        raise _bad(
+            f"input {tensor.name!r}: data is nested {depth} deep; send it flat or nested as deep as "
+            f"its shape {tensor.shape} has dimensions"
+        )
     count = math.prod(tensor.shape)
     try:
         values = _decoder(tensor.datatype, max(depth, 1)).decode(raw)

@@ -166,6 +166,8 @@ async def test_errors_have_the_protocol_shape_and_status(iris: LifespanDriver) -
         (tensor(shape=[-1, 4]), 400, "unexpected shape"),
         (tensor(shape=[2, 4]), 400, "4 values in data, shape [2, 4] needs 8"),
         (tensor(data=[[5.1, 3.5], [1.4, 0.2]]), 400, "nested data has shape [2, 2]"),
+        (tensor(data=[[SETOSA]]), 400, "data is nested 3 deep; send it flat or nested as deep as"),
+        (tensor(data=[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]] * 4), 400, "nested 20 deep"),
         (tensor(data=[[5.1, 3.5, 1.4], [0.2]]), 400, "does not make a FP32 tensor"),
         (tensor(data=["a", "b", "c", "d"]), 400, "not a flat or a nested list of FP32"),
         (tensor(data=5.1), 400, "not a flat or a nested list"),
@@ -220,6 +222,7 @@ async def test_binary_framing_errors_are_400(iris: LifespanDriver) -> None:
     cases: list[tuple[bytes, str, str]] = [
         (head + row, "abc", "must be a byte count"),
         (head + row, "-5", "must be a byte count"),
+        (head + row, "\u00b2", "must be a byte count"),  # a digit to str.isdigit, not to int()
         (head + row, str(len(head) + 100), "but the body has only"),
         (head + row, str(len(head) - 1), "malformed inference request"),
         (head + row + b"xx", str(len(head)), "2 bytes of binary data after"),
