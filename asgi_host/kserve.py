@@ -156,10 +156,10 @@ class V2Model:
     *tensors)` runs the forward pass on the model's thread, under `torch.inference_mode()`: the
     tensors come in the order of `inputs`, on the model's device, in their declared datatype
     (`FP32` ones in the model's dtype, so FP32 clients reach a half-precision model; `BYTES` as a
-    numpy array of `bytes`), and it returns one tensor, a sequence of
-    them in the order of `outputs`, or a mapping from output names. The default is
-    `module(*tensors)`. An `fn` with a `parameters` keyword gets the request's own `parameters`
-    (without the protocol's reserved ones); not with batching, which mixes requests.
+    numpy array of `bytes`). It returns one tensor, a sequence of them in the order of `outputs`,
+    or a mapping from output names (`BYTES` outputs: arrays or nested lists of `bytes` or `str`).
+    The default is `module(*tensors)`. An `fn` with a `parameters` keyword gets the request's own
+    `parameters` (without the protocol's reserved ones); not with batching, which mixes requests.
 
     When every input and output starts with the batch dimension (-1), that dimension is the
     rows: more than `max_rows` is 413, and with `batching` concurrent requests share passes

@@ -680,3 +680,13 @@ async def test_the_own_model_snippet_in_protocols_md_serves() -> None:
             },
         )
         assert too_many.status == 413
+
+
+async def test_under_a_root_path(iris: LifespanDriver) -> None:
+    # Mounted in another app at /model: the routes and the 404 see paths below the root path.
+    meta = await iris.request("GET", "/v2/models/iris", root_path="/model")
+    assert meta.json()["name"] == "iris"
+    missing = await iris.request("GET", "/v2/models/resnet/ready", root_path="/model")
+    assert missing.json() == {"error": "Request for unknown model: 'resnet' is not found"}
+    head = await iris.request("HEAD", "/v2/models/resnet", root_path="/model")
+    assert (head.status, head.body) == (404, b"")
