@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from asgi_host import Batching, ClientDisconnect, Host, HTTPError, OutOfMemory, Request
-from asgi_host.openai_embeddings import OpenAIEmbeddings
+from asgi_host.openai_embeddings import OpenAIEmbeddings, OpenAIError
 from asgi_host.testing import LifespanDriver
 from tests._server import Server, free_port, hypercorn_command, run_server
 
@@ -204,6 +204,16 @@ async def test_errors_of_the_model_keep_their_status_in_openais_shape(
     assert oom.json()["error"]["code"] == "out_of_memory"
     fake.fail = HTTPError(422, "not finite", path="$.texts[0]")  # the host's 422 is OpenAI's 400
     assert (await host.request("POST", "/v1/embeddings", json=body)).status == 400
+
+    fake.fail = OpenAIError(429, "slow down", type="rate_limit_error", code="rate_limit_exceeded")
+    limited = await host.request("POST", "/v1/embeddings", json=body)
+    assert limited.status == 429
+    assert limited.json()["error"] == {
+        "message": "slow down",
+        "type": "rate_limit_error",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
 
     fake.fail = RuntimeError("the model broke")
     with caplog.at_level(logging.ERROR, logger="asgi_host"):
