@@ -1,4 +1,4 @@
-"""Requests/s and latency over HTTP: asgi_host vs FastAPI vs the bare floor, under three servers.
+"""Requests/s and latency over HTTP: asgi_host vs the work floor and FastAPI, under three servers.
 
     python -m bench.http                         # -c 1 32, 6 s per cell
     python -m bench.http -c 1 8 32 64 -d 10 --servers hypercorn uvicorn
@@ -6,10 +6,11 @@
 
 Each (server, app) pair runs in its own process on 127.0.0.1 and is loaded by
 wrk (Debian: `apt-get install wrk`) with one JSON Iris row per request. Apps:
-asgi_host (`examples.app:app`, metrics and batching off; threaded and with
-`IRIS_INLINE=true`), FastAPI written the
-way its docs teach (`bench.peers:fastapi_app`) and a bare ASGI app answering a
-constant (`bench.peers:bare_app`). Ratios are computed within one server in one run.
+the work floor (`bench.peers:floor_app`: the least an app can do for the same
+answer), asgi_host as shipped (`examples.app:app`: execution="auto", metrics
+on) and with `IRIS_EXECUTION=thread`, FastAPI written the way its docs teach
+(`bench.peers:fastapi_app`) and a bare ASGI app answering a constant
+(`bench.peers:bare_app`). Ratios are computed within one server in one run.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
 # name: (ASGI app, extra environment)
 APPS: dict[str, tuple[str, dict[str, str]]] = {
-    "asgi_host": ("examples.app:app", {}),
-    "asgi_host inline": ("examples.app:app", {"IRIS_INLINE": "true"}),
+    "work floor": ("bench.peers:floor_app", {}),
+    "asgi_host": ("examples.app:app", {"IRIS_METRICS": "true"}),
+    "asgi_host thread": ("examples.app:app", {"IRIS_EXECUTION": "thread", "IRIS_METRICS": "true"}),
     "FastAPI": ("bench.peers:fastapi_app", {}),
     "bare": ("bench.peers:bare_app", {}),
 }
@@ -82,8 +84,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="asgi_host vs FastAPI vs bare, over HTTP, with wrk")
-    parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 32])
+    parser = argparse.ArgumentParser(description="asgi_host vs the work floor and FastAPI over HTTP (wrk)")
+    parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 32, 64])
     parser.add_argument("-d", "--seconds", type=int, default=6)
     parser.add_argument("--servers", nargs="+", default=["hypercorn", "uvicorn", "granian"])
     parser.add_argument("--port", type=int, default=8797)
@@ -91,7 +93,7 @@ def main() -> None:
         "--litserve", action="store_true", help="also LitServe on its own server (pip install litserve)"
     )
     args = parser.parse_args()
-    print("| server | clients | app | req/s | p50 ms | p99 ms | / bare req/s | asgi_host / FastAPI |")
+    print("| server | clients | app | req/s | p50 ms | p99 ms | / work floor | / FastAPI |")
     print("|---|---|---|---|---|---|---|---|")
     for server in args.servers:
         results: dict[tuple[str, int], dict[str, float]] = {}
@@ -104,14 +106,14 @@ def main() -> None:
             finally:
                 stop(process)
         for c in args.connections:
-            bare = results["bare", c]["rps"]
+            floor = results["work floor", c]["rps"]
             fastapi = results["FastAPI", c]["rps"]
             for name in APPS:
                 r = results[name, c]
                 extra = f"{r['rps'] / fastapi:.2f}x" if name.startswith("asgi_host") else ""
                 print(
                     f"| {server} | {c} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                    f"{r['rps'] / bare:.2f} | {extra} |"
+                    f"{r['rps'] / floor:.2f}x | {extra} |"
                 )
     if args.litserve:
         process = serve("litserve", "", args.port)

@@ -27,7 +27,8 @@ def test_help_lists_the_benchmarks() -> None:
 
 def test_predict_in_process() -> None:
     out = bench("predict", "--no-http", "-n", "50")
-    assert "FastAPI / asgi_host:" in out
+    assert "FastAPI / default" in out
+    assert "| work floor |" in out
     assert "bare ASGI constant" in out
 
 
