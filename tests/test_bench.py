@@ -71,3 +71,11 @@ def test_execution_inline_against_thread() -> None:
     out = bench("execution", "--widths", "16", "-c", "2", "-d", "1")
     assert "| 16 |" in out
     assert "thread / inline" in out
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_embed_against_sentence_transformers() -> None:
+    pytest.importorskip("sentence_transformers")
+    out = bench("embed", "-c", "1", "-d", "1")
+    assert "| 1 | FastAPI + sentence-transformers |" in out
+    assert "| 1 | asgi_host, batching on |" in out
