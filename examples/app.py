@@ -1,4 +1,5 @@
-"""The default model server: Fisher's Iris classifier behind `POST /predict`.
+"""The default model server: Fisher's Iris classifier behind `POST /predict`, and as model `iris`
+of the Open Inference Protocol (KServe v2: `POST /v2/models/iris/infer`, docs/protocols.md).
 
     hypercorn examples.app:app
     curl -X POST localhost:8000/predict -H 'content-type: application/json' \\
