@@ -168,7 +168,7 @@ class Request:
             return self._body
         limit = self.max_body_bytes
         declared = self.headers.get("content-length")
-        if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
+        if limit is not None and declared is not None and _is_number(declared) and int(declared) > limit:
             raise _too_large(limit)
         chunks: list[bytes] = []
         if self.body_timeout_s is None:
@@ -248,7 +248,7 @@ class Request:
     def _declares_body(self) -> bool:
         length = self.headers.get("content-length")
         if length is not None:
-            return not length.isdigit() or int(length) > 0
+            return not _is_number(length) or int(length) > 0
         return "chunked" in self.headers.get("transfer-encoding", "").lower()
 
     async def discard_body(self, max_bytes: int, timeout_s: float) -> bool:
@@ -262,7 +262,7 @@ class Request:
         if self._ended or self._body is not None or not self._declares_body():
             return True
         declared = self.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) - self._received > max_bytes:
+        if _is_number(declared) and int(declared) - self._received > max_bytes:
             return False
         dropped = 0
         with anyio.move_on_after(timeout_s):
@@ -312,6 +312,11 @@ class _Suspended:
                 except StopIteration as done:
                     result: Message = done.value
                     return result
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: `str.isdigit()` alone takes "²", which `int()` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _too_large(limit: int) -> HTTPError:

@@ -384,3 +384,13 @@ async def test_a_body_that_arrives_at_once_after_a_wait_or_never() -> None:
         await host(scope, stalled, send)
         assert anyio.current_time() - started < 5
         assert sent[0]["status"] == 408, stalled
+
+
+async def test_a_content_length_of_other_digits_is_not_a_500() -> None:
+    async def length(request: Request) -> Response:
+        return Response.json({"length": len(await request.body())})
+
+    host = Host(routes=[Route("/n", length, methods=["POST"])])
+    answer = await request(host, "POST", "/n", body=b"abc", headers=[("content-length", "\u00b2")])
+    assert answer.status == 200
+    assert answer.json() == {"length": 3}
