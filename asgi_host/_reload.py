@@ -115,12 +115,17 @@ class Reloadable(Protocol):
 
 
 class ReloadResult(msgspec.Struct):
-    """The answer of a reload: the resource, its new version and the one it replaced."""
+    """The answer of a reload: the resource, its new version and the one it replaced.
+
+    `swap_s`: from the call to the swap (the new version built, loaded and warmed up); `seconds`:
+    to the end (the old version drained and released too).
+    """
 
     model: str
     version: str | None
     previous: str | None
     seconds: float
+    swap_s: float
 
 
 # ---- x-model-version ----------------------------------------------------------------------------
@@ -227,6 +232,7 @@ class Reloader:
                         f"reloading {name!r} failed; the current version keeps serving: {text}"
                     ) from exc
                 self._swap(name, replacement.value)
+                swapped = time.perf_counter()
                 logger.info(
                     "%r swapped: version %s -> %s; draining the old version",
                     name,
@@ -238,7 +244,8 @@ class Reloader:
             self._running.discard(name)
         seconds = time.perf_counter() - started
         logger.info("%r reloaded to version %s in %.3f s", name, replacement.version, seconds)
-        return ReloadResult(name, replacement.version, replacement.previous, round(seconds, 6))
+        swap_s = round(swapped - started, 6)
+        return ReloadResult(name, replacement.version, replacement.previous, round(seconds, 6), swap_s)
 
     def _swap(self, name: str, value: Any) -> None:
         """Put `value` where the old value was, in every dict requests copy their state from.

@@ -52,6 +52,11 @@ class Resource:
     What the context manager yields becomes state: a mapping is merged in (a
     key set by two resources is a startup error), `None` adds nothing, and any
     other value is stored under the resource's name.
+
+    A resource that can be replaced while the host serves also has an async
+    `reload(host, **options)` method returning a `Replacement` (the
+    `Reloadable` protocol, asgi_host/_reload.py); `host.reload(name)` calls it.
+    `TorchModel` has one.
     """
 
     def __init__(

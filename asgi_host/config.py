@@ -55,12 +55,25 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 10.0
     livez_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/livez"
     readyz_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/readyz"
+    openapi_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/openapi.json"
+    docs_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/docs"
     background_startup: bool = False
     lazy_start: Literal["wait", "unavailable"] | None = None
     batching: Batching | None = None
+    # Turns on POST /admin/models/{name}/reload (Authorization: Bearer <token>); None: no admin route.
+    # Never shown: repr() hides it, and it appears in no log or error message.
+    admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
 
     def __post_init__(self) -> None:
         check_constraints(self)
+
+    def __repr__(self) -> str:
+        values = (
+            (f.name, "<hidden>" if f.name == "admin_token" and getattr(self, f.name) is not None else None)
+            for f in msgspec.structs.fields(self)
+        )
+        shown = ", ".join(f"{name}={hidden or repr(getattr(self, name))}" for name, hidden in values)
+        return f"{type(self).__name__}({shown})"
 
     def host_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `Host` these settings fill in."""
@@ -72,8 +85,11 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
             "body_timeout_s": self.body_timeout_s,
             "livez_path": self.livez_path,
             "readyz_path": self.readyz_path,
+            "openapi_path": self.openapi_path,
+            "docs_path": self.docs_path,
             "background_startup": self.background_startup,
             "lazy_start": self.lazy_start,
+            "admin_token": self.admin_token,
         }
 
 

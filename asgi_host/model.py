@@ -361,6 +361,10 @@ class TorchModel(Resource):
       module, collects garbage and, on CUDA, synchronizes, frees cuBLAS
       workspaces, empties the cache and collects IPC memory, logging memory
       before and after.
+    - `version`: names the weights in `x-model-version`, `/readyz` and the metrics;
+      by default the first 12 hex digits of the weights file's sha256.
+      `host.reload(name, weights=...)` swaps in new weights while serving
+      (`reload()`; see docs/production.md, "Reloading a model").
     """
 
     def __init__(

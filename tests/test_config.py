@@ -49,7 +49,10 @@ def test_batching_switch(env: dict[str, str], batching: Batching | None) -> None
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"APP_DRAIN_TIMEOUT": "5"}, "unknown setting APP_DRAIN_TIMEOUT; known: APP_BACKGROUND_STARTUP"),
+        (
+            {"APP_DRAIN_TIMEOUT": "5"},
+            "unknown setting APP_DRAIN_TIMEOUT; known: APP_ADMIN_TOKEN, APP_BACKGROUND_STARTUP",
+        ),
         ({"APP_DRAIN_TIMEOUT_S": "-1"}, "Expected `float` >= 0.0 - at `$.drain_timeout_s`"),
         ({"APP_MAX_BODY_BYTES": "lots"}, "Expected `int | null`, got `str` - at `$.max_body_bytes`"),
         ({"APP_BATCHING": "maybe"}, "APP_BATCHING must be on or off"),

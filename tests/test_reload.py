@@ -6,7 +6,9 @@ import gc
 import hashlib
 import logging
 import os
+import re
 import shutil
+import subprocess
 import threading
 import weakref
 from pathlib import Path
@@ -28,7 +30,7 @@ from asgi_host.model import ModelHandle, TorchModel, classifier_endpoint
 from asgi_host.testing import HTTPResult, LifespanDriver
 from examples.app import IrisConfig, make_app
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
-from tests._server import free_port, hypercorn_command, run_server
+from tests._server import ROOT, free_port, hypercorn_command, run_server
 from tests._wait import until
 
 pytestmark = pytest.mark.anyio
@@ -58,6 +60,17 @@ def weights(tmp_path: Path) -> tuple[Path, Path]:
 
 def iris_app(first: Path, **settings: Any) -> Host:
     return make_app(IrisConfig(weights=str(first), device="cpu", admin_token=TOKEN, metrics=True, **settings))
+
+
+def markdown_block(markdown: str, after: str, language: str, index: int = 0) -> str:
+    """The `index`-th ```language block after the line starting with `after`."""
+    text = (ROOT / markdown).read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", text[text.index(after) :], re.DOTALL)
+    return str(blocks[index])
+
+
+def shell_block(markdown: str, after: str, index: int = 0) -> str:
+    return markdown_block(markdown, after, "sh", index)
 
 
 def live_iris_modules() -> int:
@@ -119,8 +132,8 @@ async def test_swaps_under_load_answer_every_request_and_free_the_old_model(
                 gc.collect()
                 assert old() is None, "the old module is still referenced after the swap"
                 assert live_iris_modules() == baseline  # one model alive, never two after a swap
-                answered = len(statuses)
-                await until(lambda: len(statuses) >= answered + 32, 30)  # some answers on this version
+                wanted = len(statuses) + 32  # some answers on this version before the next swap
+                await until(lambda wanted=wanted: len(statuses) >= wanted, 30)
             stop.set()
 
     assert statuses
@@ -242,11 +255,14 @@ async def test_the_admin_route_refuses_what_it_must(
         assert ok.status == 200
         assert ok.json()["version"] == ok.json()["previous"] == version
         ok = await admin(life, {"weights": "b.safetensors"})
-        assert ok.json() | {"seconds": 0} == {
+        answer = ok.json()
+        assert 0 < answer["swap_s"] <= answer["seconds"]
+        assert answer | {"seconds": 0, "swap_s": 0} == {
             "model": "model",
             "version": version_of(second),
             "previous": version,
             "seconds": 0,
+            "swap_s": 0,
         }
         metrics = (await life.request("GET", "/metrics")).body.decode()
         assert f'asgi_host_model_version_info{{model="model",version="{version_of(second)}"}} 1.0' in metrics
@@ -453,11 +469,27 @@ def test_a_live_server_swaps_under_16_clients(weights: tuple[Path, Path], tmp_pa
                 assert (await http.post(RELOAD)).status_code == 401
                 stop.set()
 
+    shutil.copy(WEIGHTS, first.parent / WEIGHTS.name)  # the file docs/production.md's curl names
+    curl = shell_block("docs/production.md", "### The admin route", 1).replace(
+        "localhost:8000", f"127.0.0.1:{port}"
+    )
     with run_server(hypercorn_command("examples.app:app", port), port, tmp_path, env=env) as server:
         anyio.run(drive, server.url)
+        documented = subprocess.run(
+            ["bash", "-c", curl], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+        )
         log = server.output()
+    assert documented.returncode == 0, documented.stderr
+    assert msgspec.json.decode(documented.stdout)["version"] == version_of(WEIGHTS)
     assert statuses
     assert set(statuses) == {200}
     assert seen == {version_of(first), version_of(second)}
     assert [a["version"] for a in answers] == [version_of(second), version_of(first)] * 3
     assert TOKEN not in log
+
+
+def test_the_reload_snippet_in_production_md_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code = markdown_block("docs/production.md", "## Reloading a model", "python")
+    exec(compile(code, "docs/production.md", "exec", dont_inherit=True), {"__name__": "production_md"})
+    version = version_of(WEIGHTS)
+    assert f"model {version} -> {version} in " in capsys.readouterr().out
