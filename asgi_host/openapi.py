@@ -8,6 +8,7 @@ The document is built from what the host routes, with msgspec's own JSON Schema:
   422, 500, 503, 504 with a batcher, and the endpoint's own `errors=`);
 - the probes: `/livez`, `/readyz` (its `Readiness` body), `/metrics` when on,
   and `/openapi.json` and `/docs` themselves;
+- an endpoint with an `openapi_operation` method (`DescribesItself`): what it says;
 - any other `Route`: its methods, with a response left undescribed.
 
 Mounted sub-apps are not described: the host cannot see their routes (a
@@ -24,11 +25,12 @@ from __future__ import annotations
 import html
 import inspect
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -43,7 +45,9 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._host import Host
 
-__all__ = ["Error", "ErrorDetail", "openapi_document"]
+__all__ = ["DescribesItself", "Error", "ErrorDetail", "openapi_document"]
+
+logger = logging.getLogger("asgi_host.openapi")
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 OPENAPI_VERSION = "3.1.0"
@@ -111,11 +115,18 @@ def openapi_document(
         if method.lower() in _METHODS and not isinstance(endpoint, _DocsAsset) and not _templated(path)
     ]
     types: list[Any] = [Error, Readiness, Liveness]
-    for _, _, endpoint in endpoints:
+
+    def collect(type_: Any) -> dict[str, Any]:
+        types.append(type_)
+        return {}
+
+    for path, method, endpoint in endpoints:
         if isinstance(endpoint, StructEndpoint):
             types.append(endpoint.request_type)
             if endpoint.response_type is not None:
                 types.append(endpoint.response_type)
+        elif isinstance(endpoint, DescribesItself):
+            _own_operation(endpoint, path, method, collect)  # first pass: the types it names
     schemas, components = _schemas(types)
     schema_of = dict(zip(map(id, types), schemas, strict=True))
 
@@ -163,12 +174,60 @@ def _schemas(types: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return [by_id.get(id(t), {}) for t in types], dict(components)
 
 
+@runtime_checkable
+class DescribesItself(Protocol):
+    """An endpoint that writes its own OpenAPI operation (a protocol layer with its own wire format).
+
+    `openapi_operation(method, schema)` returns the operation object for `method`
+    (`{"summary": ..., "requestBody": ..., "responses": ...}`); `schema(T)` is the
+    JSON Schema of msgspec type `T` there, a `$ref` into the document's components.
+    It is called twice per build (once to learn the types, once for the result), so it
+    must not depend on anything else. The host's own statuses are added unless it
+    lists them (or a `default`): 503 before startup and while loading or draining,
+    500 for an unhandled error, both as the host's error JSON.
+    """
+
+    def openapi_operation(self, method: str, schema: Callable[[Any], dict[str, Any]]) -> dict[str, Any]: ...
+
+
+def _own_operation(
+    endpoint: DescribesItself, path: str, method: str, schema: Callable[[Any], dict[str, Any]]
+) -> dict[str, Any] | None:
+    try:
+        operation = endpoint.openapi_operation(method, schema)
+    except Exception:
+        logger.exception(
+            "the endpoint for %s %s could not describe itself; it is left undescribed", method, path
+        )
+        return None
+    if not isinstance(operation, dict) or not isinstance(operation.get("responses"), dict):
+        logger.error(
+            "the endpoint for %s %s described itself without responses; it is left undescribed", method, path
+        )
+        return None
+    return dict(operation)
+
+
 def _operation(
     host: Host, path: str, method: str, endpoint: Endpoint, schema_of: Mapping[int, dict[str, Any]]
 ) -> dict[str, Any]:
     error = schema_of[id(Error)]  # a ref, named "Error" unless an app type has that name too
     if isinstance(endpoint, StructEndpoint):
         return _struct_operation(endpoint, schema_of)
+    if isinstance(endpoint, DescribesItself):
+
+        def schema(type_: Any) -> dict[str, Any]:
+            return schema_of.get(id(type_), {})
+
+        own = _own_operation(endpoint, path, method, schema)
+        if own is not None:
+            responses = own["responses"] = dict(own["responses"])
+            if "default" not in responses:  # what the host answers before the endpoint runs
+                responses.setdefault("500", _json_response(_STRUCT_ERRORS[500], error))
+                responses.setdefault(
+                    "503", {**_json_response(_STRUCT_ERRORS[503], error), "headers": _RETRY_AFTER}
+                )
+            return own
     if endpoint == host._livez:
         return _probe(
             "Liveness: the process answers (answered while loading too).",

@@ -212,6 +212,54 @@ def test_app_types_named_like_the_host_schemas_and_odd_paths() -> None:
     assert set(schemas[hosts.rsplit("/", 1)[1]]["properties"]) == {"error"}
 
 
+class Tensor(msgspec.Struct):
+    name: str
+    data: list[float]
+
+
+class OwnWireFormat:
+    """An endpoint of a protocol layer that writes its own operation."""
+
+    async def __call__(self, request: Request) -> Response:
+        return Response.json({"name": "x", "data": [1.0]})
+
+    def openapi_operation(self, method: str, schema: Any) -> dict[str, Any]:
+        tensor = schema(Tensor)
+        return {
+            "summary": f"{method} a tensor",
+            "requestBody": {"content": {"application/json": {"schema": tensor}}},
+            "responses": {
+                "200": {"description": "The tensor.", "content": {"application/json": {"schema": tensor}}},
+                "400": {"description": "Its own error shape.", "content": {"text/plain": {"schema": {}}}},
+            },
+        }
+
+
+class CannotDescribe(OwnWireFormat):
+    def openapi_operation(self, method: str, schema: Any) -> dict[str, Any]:
+        raise RuntimeError("no")
+
+
+def test_an_endpoint_may_describe_itself(caplog: pytest.LogCaptureFixture) -> None:
+    app = Host(
+        routes=[
+            Route("/tensor", OwnWireFormat(), methods=["POST"]),
+            Route("/broken", CannotDescribe(), methods=["POST"]),
+        ]
+    )
+    document = openapi_document(app)
+    validate(document)
+    operation = document["paths"]["/tensor"]["post"]
+    assert operation["summary"] == "POST a tensor"
+    assert body_schema(operation, "200") == {"$ref": "#/components/schemas/Tensor"}
+    assert set(document["components"]["schemas"]["Tensor"]["properties"]) == {"name", "data"}
+    assert set(operation["responses"]) == {"200", "400", "500", "503"}  # the host's own added
+    assert body_schema(operation, "503") == {"$ref": "#/components/schemas/Error"}
+    assert operation["operationId"] == "post_tensor"
+    assert set(document["paths"]["/broken"]["post"]["responses"]) == {"default"}
+    assert "could not describe itself" in caplog.text
+
+
 class Words(msgspec.Struct, forbid_unknown_fields=True):
     text: str
 
