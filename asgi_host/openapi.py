@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -38,16 +38,29 @@ from ._batching import Batcher
 from ._errors import HTTPError
 from ._health import Readiness
 from ._http import Request, Response
-from ._routing import Endpoint
+from ._routing import Endpoint, Router
 from ._structured import JSON, MSGPACK_TYPES, StructEndpoint
 from ._version import __version__
-
-if TYPE_CHECKING:
-    from ._host import Host
 
 __all__ = ["DescribesItself", "Error", "ErrorDetail", "openapi_document"]
 
 logger = logging.getLogger("asgi_host.openapi")
+
+
+class HostLike(Protocol):
+    """What the document is built from: a `Host`'s routes and probes (no import of the host
+    module, which imports this one)."""
+
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def metrics(self) -> Any: ...
+
+    async def _livez(self, request: Request) -> Response: ...
+
+    async def _readyz(self, request: Request) -> Response: ...
+
 
 REF_TEMPLATE = "#/components/schemas/{name}"
 OPENAPI_VERSION = "3.1.0"
@@ -100,7 +113,7 @@ _RETRY_AFTER = {
 
 
 def openapi_document(
-    host: Host, *, title: str = "asgi_host", version: str = __version__, root_path: str = ""
+    host: HostLike, *, title: str = "asgi_host", version: str = __version__, root_path: str = ""
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document for what `host` routes (mounts are not described).
 
@@ -209,7 +222,7 @@ def _own_operation(
 
 
 def _operation(
-    host: Host, path: str, method: str, endpoint: Endpoint, schema_of: Mapping[int, dict[str, Any]]
+    host: HostLike, path: str, method: str, endpoint: Endpoint, schema_of: Mapping[int, dict[str, Any]]
 ) -> dict[str, Any]:
     error = schema_of[id(Error)]  # a ref, named "Error" unless an app type has that name too
     if isinstance(endpoint, StructEndpoint):
@@ -331,7 +344,7 @@ def _operation_id(method: str, path: str) -> str:
     return f"{method.lower()}_{name}"
 
 
-def _route_count(host: Host) -> int:
+def _route_count(host: HostLike) -> int:
     # Routes are only ever added, so their number tells whether the document is still current.
     return sum(len(table) for table in host.router.paths.values())
 
@@ -339,7 +352,7 @@ def _route_count(host: Host) -> int:
 class OpenAPIEndpoint:
     """Answers `GET openapi_path` with the document, built once and kept."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: HostLike) -> None:
         self._host = host
         self._cache: dict[str, bytes] = {}
         self._routes = -1
@@ -496,7 +509,9 @@ window.ui = SwaggerUIBundle({{
 """
 
 
-def openapi_routes(host: Host, openapi_path: str, docs_path: str | None) -> Iterator[tuple[str, Endpoint]]:
+def openapi_routes(
+    host: HostLike, openapi_path: str, docs_path: str | None
+) -> Iterator[tuple[str, Endpoint]]:
     """The host's routes for the document, and for Swagger UI unless `docs_path` is None."""
     yield openapi_path, OpenAPIEndpoint(host)
     if docs_path is None:
