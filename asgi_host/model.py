@@ -581,7 +581,10 @@ class TorchModel(Resource):
         await threads.run(release_cuda_memory)
         threads.stop()
         await anyio.to_thread.run_sync(threads.join, 30.0)
-        await anyio.to_thread.run_sync(release_cuda_memory)
+        if device.type == "cuda":
+            # What the ended thread held (its CUDA state) goes with one more collection. On the CPU
+            # the one above did it all; a second full collection would only stall the loop again.
+            await anyio.to_thread.run_sync(release_cuda_memory)
         after = cuda_memory(device) if device.type == "cuda" else {}
         logger.info(
             "model %r version %s released after the reload%s",

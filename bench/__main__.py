@@ -10,6 +10,7 @@ python -m bench embed [args]          # MiniLM /embed against FastAPI + sentence
 python -m bench execution [args]      # inline vs thread by pass length: where execution="auto" switches
 python -m bench protocols [args]      # KServe v2 infer vs /predict, in-process and over hypercorn
 python -m bench gpu [args]            # GPU: memory, time to ready, MiniLM batching, compile, OOM
+python -m bench reload [args]         # swapping a model in place: time to swap, memory peak
 python -m bench openai [args]         # the OpenAI embeddings layer against /embed, in process
 """
 
@@ -30,6 +31,7 @@ COMMANDS = {
     "embed": "bench.embed_peers",
     "protocols": "bench.protocols",
     "ray": "bench.ray_replicas",
+    "reload": "bench.reload",
     "openai": "bench.openai_embeddings",
 }
 

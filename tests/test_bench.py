@@ -32,6 +32,12 @@ def test_predict_in_process() -> None:
     assert "bare ASGI constant" in out
 
 
+def test_reload_iris() -> None:
+    out = bench("reload", "--models", "iris", "--reloads", "1", "--clients", "2")
+    assert "| iris | 0 |" in out
+    assert "| iris | 2 |" in out
+
+
 def test_startup_smallest_size() -> None:
     out = bench("startup", "--sizes-mb", "10", "--repeats", "1")
     assert "| 10 MB | safetensors |" in out
