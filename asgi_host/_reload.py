@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import anyio
 import msgspec
@@ -200,9 +200,6 @@ class Reloader:
         names = ", ".join(repr(r.name) for r in self.reloadable()) or "none"
         raise ReloadError(f"no resource named {name!r} to reload; reloadable: {names}", status=404)
 
-    def running(self, name: str) -> bool:
-        return name in self._running
-
     async def reload(self, name: str, options: Mapping[str, Any]) -> ReloadResult:
         resource = self.find(name)
         host = self._host
@@ -253,8 +250,7 @@ class Reloader:
         No await here: no request can see one dict swapped and the other not.
         """
         items = value.items() if isinstance(value, Mapping) else [(name, value)]
-        state = self._host.state
-        assert isinstance(state, MutableMapping)
+        state = cast(MutableMapping[str, Any], self._host.state)  # the host's own dict
         for key, new in items:
             old = state.get(key)
             state[key] = new

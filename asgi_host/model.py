@@ -524,8 +524,10 @@ class TorchModel(Resource):
         except BaseException:
             self._undo_reload(kept, threads)
             raise
+        status = 422  # the new version failed
         if failure is None and self._serving is not serving:
             failure = "the host shut down (or another reload finished) while this one was loading"
+            status = 409
         if failure is not None or loaded is None:
             # Out of the except block: the half-loaded model is unreferenced now, so its memory can go.
             loaded = None
@@ -540,7 +542,8 @@ class TorchModel(Resource):
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "serving": self.version,
             }
-            raise ReloadError(f"model {self.name!r}: {failure}")
+            serving_now = f"version {self.version} keeps serving"
+            raise ReloadError(f"model {self.name!r}: {failure} ({serving_now})", status=status)
         module, new_device, dtype = loaded
         del loaded
         self.device = kept["device"]

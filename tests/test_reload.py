@@ -313,6 +313,43 @@ async def test_one_reload_at_a_time(weights: tuple[Path, Path]) -> None:
         assert (await admin(life)).status == 200  # and afterwards, again
 
 
+async def test_a_reload_cut_short_by_shutdown_leaves_nothing(weights: tuple[Path, Path]) -> None:
+    first, second = weights
+    builds = 0
+    building, go_on = threading.Event(), threading.Event()
+
+    def build() -> nn.Module:
+        nonlocal builds
+        builds += 1
+        if builds > 1:
+            building.set()
+            go_on.wait(10)
+        return IrisMLP()
+
+    model = TorchModel(build, first, device="cpu", warmup=torch.zeros(1, len(FEATURES)))
+    app = Host(resources=[model])
+    outcome: list[BaseException] = []
+
+    async def reload() -> None:
+        try:
+            await app.reload("model", weights=second)
+        except ReloadError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        driver = LifespanDriver(app)
+        await driver.__aenter__()
+        tg.start_soon(reload)
+        await until(building.is_set, 10)
+        await driver.__aexit__(None, None, None)  # shutdown while the new version is loading
+        go_on.set()
+    assert isinstance(outcome[0], ReloadError)
+    assert outcome[0].status == 409
+    assert "shut down" in str(outcome[0])
+    assert model.weights == first  # what the load set is put back
+    assert live_iris_modules() == 0  # neither the old version nor the half-built new one is left
+
+
 async def test_host_reload_errors_and_the_route_is_off_by_default(weights: tuple[Path, Path]) -> None:
     first, _ = weights
     app = make_app(IrisConfig(weights=str(first), device="cpu"))
