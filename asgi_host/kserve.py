@@ -766,10 +766,15 @@ class _Server:
         return Response.json({"ready": True})
 
     def model_metadata(self, model: V2Model) -> Handler:
-        body = _json_encoder.encode(model.metadata())
+        static = model.metadata()
 
         async def metadata(request: Request) -> Response:
-            return Response(body, media_type="application/json")
+            # The version of the weights serving now (it changes with a reload), beside the
+            # protocol's own `versions` (the route's, fixed): `parameters.model_version`.
+            version = getattr(request.state.get(model.resource), "version", None)
+            if version is None:
+                return Response.json(static)
+            return Response.json({**static, "parameters": {"model_version": version}})
 
         return metadata
 

@@ -96,7 +96,10 @@ async def test_metadata_health_and_readiness(iris: LifespanDriver) -> None:
             "platform": "pytorch",
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+            # The weights' version (sha256 of the file, 12 digits): what a reload changes.
+            "parameters": {"model_version": iris.state["model"].version},
         }
+        assert len(iris.state["model"].version) == 12
         assert (await iris.request("GET", base + "/ready")).status == 200
         config = (await iris.request("GET", base + "/config")).json()
         assert config["max_batch_size"] == 200

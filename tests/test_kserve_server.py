@@ -66,6 +66,7 @@ def test_health_and_metadata(client: Any) -> None:
     assert model["platform"] == "pytorch"
     assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
     assert model["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+    assert len(model["parameters"]["model_version"]) == 12  # the weights' version, which reloads change
     assert client.get_model_config("iris")["max_batch_size"] == 1024
 
 
