@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import anyio
 import msgspec
@@ -45,8 +45,25 @@ from ._resources import Resource
 from ._routing import route_path
 from ._types import Receive, Scope, Send
 
-if TYPE_CHECKING:
-    from ._host import Host
+
+class _Readiness(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+class HostView(Protocol):
+    """What the reloads read of the host (an `asgi_host.Host`), without importing it."""
+
+    @property
+    def resources(self) -> list[Resource]: ...
+
+    @property
+    def phase(self) -> LifespanPhase: ...
+
+    @property
+    def state(self) -> Mapping[str, Any]: ...
+
+    def readiness(self) -> _Readiness: ...
 
 __all__ = [
     "ADMIN_PREFIX",
@@ -180,7 +197,7 @@ def stamp_version(response: Response) -> None:
 class Reloader:
     """The host's reloads: one at a time per resource, swapped into every state dict requests copy."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: HostView) -> None:
         self._host = host
         self._running: set[str] = set()
         # The lifespan scope's `state` dict, the one servers copy into each request (None: none).
