@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal, Protocol
 
+from ._defaults import DEFAULTS
 from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError
 from ._health import Readiness, readiness, refusal
 from ._http import Request, Response, error_response
@@ -109,20 +110,21 @@ class Host:
         *,
         resources: Iterable[ResourceLike] = (),
         routes: Sequence[Route | Mount] = (),
-        startup_timeout_s: float | None = 60.0,
-        shutdown_timeout_s: float | None = 30.0,
-        drain_timeout_s: float | None = 30.0,
-        max_body_bytes: int | None = 1024 * 1024,
-        body_timeout_s: float | None = 10.0,
-        livez_path: str | None = "/livez",
-        readyz_path: str | None = "/readyz",
-        background_startup: bool = False,
+        # Each setting's default is HostSettings' (_defaults.py), which HostConfig's fields are too.
+        startup_timeout_s: float | None = DEFAULTS.startup_timeout_s,
+        shutdown_timeout_s: float | None = DEFAULTS.shutdown_timeout_s,
+        drain_timeout_s: float | None = DEFAULTS.drain_timeout_s,
+        max_body_bytes: int | None = DEFAULTS.max_body_bytes,
+        body_timeout_s: float | None = DEFAULTS.body_timeout_s,
+        livez_path: str | None = DEFAULTS.livez_path,
+        readyz_path: str | None = DEFAULTS.readyz_path,
+        background_startup: bool = DEFAULTS.background_startup,
         on_background_failure: Callable[[StartupError], object] | None = None,
         metrics: RequestMetrics | None = None,
-        lazy_start: Literal["wait", "unavailable"] | None = None,
-        admin_token: str | None = None,
-        openapi_path: str | None = "/openapi.json",
-        docs_path: str | None = "/docs",
+        lazy_start: Literal["wait", "unavailable"] | None = DEFAULTS.lazy_start,
+        admin_token: str | None = DEFAULTS.admin_token,
+        openapi_path: str | None = DEFAULTS.openapi_path,
+        docs_path: str | None = DEFAULTS.docs_path,
     ) -> None:
         self.router = Router(routes)
         self.max_body_bytes = max_body_bytes

@@ -24,12 +24,13 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from ._batching import Batching
 from ._config import check_constraints
+from ._defaults import HostSettings
 from ._errors import AsgiHostError
 
 __all__ = ["ConfigError", "HostConfig", "load_config"]
@@ -45,24 +46,14 @@ class ConfigError(AsgiHostError):
     """A setting is unknown, of the wrong type, or out of range; the message names it."""
 
 
-class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """The host's own settings. Subclass it to add your application's."""
+class HostConfig(HostSettings, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """The host's own settings. Subclass it to add your application's.
 
-    startup_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 60.0
-    shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 30.0
-    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] | None = 30.0
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = 1024 * 1024
-    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 10.0
-    livez_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/livez"
-    readyz_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/readyz"
-    openapi_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/openapi.json"
-    docs_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = "/docs"
-    background_startup: bool = False
-    lazy_start: Literal["wait", "unavailable"] | None = None
+    The fields `Host(...)` takes, with their defaults and constraints, are
+    `HostSettings`' (asgi_host/_defaults.py); `batching` is for the endpoints.
+    """
+
     batching: Batching | None = None
-    # Turns on POST /admin/models/{name}/reload (Authorization: Bearer <token>); None: no admin route.
-    # Never shown: repr() hides it, and it appears in no log or error message.
-    admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
 
     def __post_init__(self) -> None:
         check_constraints(self)
@@ -76,21 +67,8 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
         return f"{type(self).__name__}({shown})"
 
     def host_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `Host` these settings fill in."""
-        return {
-            "startup_timeout_s": self.startup_timeout_s,
-            "shutdown_timeout_s": self.shutdown_timeout_s,
-            "drain_timeout_s": self.drain_timeout_s,
-            "max_body_bytes": self.max_body_bytes,
-            "body_timeout_s": self.body_timeout_s,
-            "livez_path": self.livez_path,
-            "readyz_path": self.readyz_path,
-            "openapi_path": self.openapi_path,
-            "docs_path": self.docs_path,
-            "background_startup": self.background_startup,
-            "lazy_start": self.lazy_start,
-            "admin_token": self.admin_token,
-        }
+        """The keyword arguments of `Host` these settings fill in: every field of `HostSettings`."""
+        return {f.name: getattr(self, f.name) for f in msgspec.structs.fields(HostSettings)}
 
 
 def load_config(

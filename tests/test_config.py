@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from asgi_host import Batcher, Batching
+from asgi_host import Batcher, Batching, Host
+from asgi_host._defaults import HostSettings
+from asgi_host._reload import MIN_TOKEN_LENGTH
 from asgi_host.config import ConfigError, HostConfig, load_config
 from examples.app import IrisConfig, make_app
 
@@ -116,3 +121,65 @@ def test_lazy_start_setting() -> None:
     )
     with pytest.raises(ConfigError, match=r"Invalid enum value 'soon' - at `\$\.lazy_start`"):
         load_config(HostConfig, environ={"ASGI_HOST_LAZY_START": "soon"})
+
+
+# Host parameters no config file or environment variable can set: objects, not values.
+NOT_SETTINGS = {"resources", "routes", "metrics", "on_background_failure"}
+
+
+def host_parameters() -> dict[str, inspect.Parameter]:
+    parameters = inspect.signature(Host.__init__).parameters
+    return {name: p for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def test_every_host_setting_is_a_config_field_with_the_same_default_and_type() -> None:
+    parameters = host_parameters()
+    assert set(parameters) >= NOT_SETTINGS, "an exception above is no longer a Host parameter"
+    settable = {name: p for name, p in parameters.items() if name not in NOT_SETTINGS}
+    fields = {f.name: f for f in msgspec.structs.fields(HostConfig)}
+    missing = sorted(set(settable) - set(fields))
+    assert not missing, f"Host parameters that HostConfig cannot set: {missing}"
+    # The fields that fill Host's parameters are exactly HostSettings'.
+    assert {f.name for f in msgspec.structs.fields(HostSettings)} == set(settable)
+    hints = typing.get_type_hints(Host.__init__)
+    field_hints = typing.get_type_hints(HostConfig)  # Annotated constraints stripped
+    for name, parameter in settable.items():
+        default = fields[name].default
+        assert (type(parameter.default), parameter.default) == (type(default), default), name
+        assert hints[name] == field_hints[name], name
+
+
+def test_host_kwargs_fill_every_host_setting() -> None:
+    settable = set(host_parameters()) - NOT_SETTINGS
+    config = HostConfig(
+        startup_timeout_s=5.0,
+        shutdown_timeout_s=6.0,
+        drain_timeout_s=0.0,
+        max_body_bytes=7,
+        body_timeout_s=8.0,
+        livez_path="/live",
+        readyz_path=None,
+        openapi_path="/spec.json",
+        docs_path=None,
+        background_startup=True,
+        lazy_start="unavailable",
+        admin_token="t" * MIN_TOKEN_LENGTH,
+    )
+    kwargs = config.host_kwargs()
+    assert set(kwargs) == settable
+    defaults = HostConfig()
+    # Each value above differs from its default, so each one is seen to come through.
+    assert [name for name in settable if kwargs[name] == getattr(defaults, name)] == []
+    assert kwargs == {name: getattr(config, name) for name in settable}
+    host = Host(**kwargs)
+    assert (host.max_body_bytes, host.drain_timeout_s, host.lazy_start) == (7, 0.0, "unavailable")
+    assert HostConfig().host_kwargs() == {name: host_parameters()[name].default for name in settable}
+
+
+def test_the_config_and_the_host_ask_the_same_admin_token_length() -> None:
+    HostConfig(admin_token="t" * MIN_TOKEN_LENGTH)
+    Host(admin_token="t" * MIN_TOKEN_LENGTH)
+    with pytest.raises(Exception, match=f"Expected `str` of length >= {MIN_TOKEN_LENGTH}"):
+        HostConfig(admin_token="t" * (MIN_TOKEN_LENGTH - 1))
+    with pytest.raises(ValueError, match=f"at least {MIN_TOKEN_LENGTH} characters"):
+        Host(admin_token="t" * (MIN_TOKEN_LENGTH - 1))
