@@ -18,7 +18,7 @@ from ._resources import Resource
 from ._structured import StructEndpoint
 
 if TYPE_CHECKING:
-    from .model import ModelHandle
+    from ._torch_model import ModelHandle
 
 __all__ = ["ClassifierOutput", "classifier_endpoint"]
 

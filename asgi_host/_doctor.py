@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import anyio
 import msgspec
 
+from ._device import cuda_memory
 from ._types import ASGIApp
 from ._version import __version__
 from .testing import AppTimeout, LifespanDriver, LifespanFailed, LifespanUnsupported, ProtocolViolation
@@ -89,10 +90,7 @@ def load_app(target: str) -> ASGIApp:
 
 
 def _cuda() -> dict[str, int] | None:
-    torch: Any = sys.modules.get("torch")  # only if the app imported it
-    if torch is None or not torch.cuda.is_available():
-        return None
-    return {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved()}
+    return cuda_memory()  # None unless the app imported torch and CUDA is there
 
 
 async def check(app: ASGIApp, name: str, *, timeout_s: float, progress: TextIO | None = None) -> Report:

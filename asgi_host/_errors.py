@@ -10,6 +10,7 @@ __all__ = [
     "HTTPError",
     "LifespanError",
     "LifespanProtocolError",
+    "ModelLoadError",
     "OutOfMemory",
     "ShutdownError",
     "StartupError",
@@ -119,3 +120,7 @@ class OutOfMemory(HTTPError):
     def for_rows(self, rows: int) -> OutOfMemory:
         """The same error, naming the size of the request that did not fit."""
         return OutOfMemory(self.detail, rows=rows)
+
+
+class ModelLoadError(AsgiHostError):
+    """The model could not be built, loaded or placed; the message says what to change."""

@@ -22,7 +22,6 @@ from ._reload import (
     AdminApp,
     Reloader,
     ReloadResult,
-    begin_request,
     stamp_version,
 )
 from ._resources import Progress, Resource, ResourceStack, as_resource

@@ -65,6 +65,7 @@ class HostView(Protocol):
 
     def readiness(self) -> _Readiness: ...
 
+
 __all__ = [
     "ADMIN_PREFIX",
     "MIN_TOKEN_LENGTH",

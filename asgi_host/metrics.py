@@ -26,9 +26,9 @@ Each `Metrics` has its own registry, so several hosts (or tests) never clash.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from ._extras import raise_missing_extra
@@ -50,6 +50,7 @@ except ImportError as error:
     )
 
 from ._batching import Batcher
+from ._device import cuda_memory
 from ._http import Request, Response
 from ._routing import Dispatch, Match
 from ._types import Message, Receive, Scope, Send
@@ -59,6 +60,10 @@ __all__ = ["Metrics"]
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+def _cuda_bytes(key: str) -> float:
+    return float((cuda_memory() or {}).get(key, 0))
 
 
 class _Readiness(Protocol):
@@ -151,10 +156,9 @@ class Metrics:
                 self._watch_batcher(resource)
             if hasattr(resource, "last_load_s"):
                 self._watch_load(resource)
-        torch: Any = sys.modules.get("torch")  # never import torch just for metrics
-        if torch is not None and torch.cuda.is_available():
-            self.cuda_memory.labels("allocated").set_function(torch.cuda.memory_allocated)
-            self.cuda_memory.labels("reserved").set_function(torch.cuda.memory_reserved)
+        if cuda_memory() is not None:  # torch imported (never just for metrics) and CUDA there
+            for kind in ("allocated", "reserved"):
+                self.cuda_memory.labels(kind).set_function(partial(_cuda_bytes, f"{kind}_bytes"))
 
     def _watch_load(self, model: Any) -> None:
         def last_load_s() -> float:

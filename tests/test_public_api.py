@@ -97,3 +97,17 @@ def test_imports_without_torch_or_prometheus() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_metrics_and_the_check_command_never_import_torch() -> None:
+    # They read CUDA memory through asgi_host._device.cuda_memory, which looks torch up in
+    # sys.modules: a process that has not imported torch has no CUDA memory to report.
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import asgi_host.metrics, asgi_host._doctor, asgi_host.config\n"
+        "from asgi_host._device import cuda_memory\n"
+        "print(cuda_memory())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "None"
