@@ -146,3 +146,12 @@ async def test_a_half_precision_copy_loads_through_minilm_dir(
     (copy / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"lacks tokenizer\.json"):
         model_dir()
+
+
+def test_the_embedding_example_batches_by_default() -> None:
+    from asgi_host import Batching
+    from asgi_host.config import load_config
+    from examples.embed import EmbedConfig
+
+    assert EmbedConfig().batching == Batching()
+    assert load_config(EmbedConfig, env_prefix="EMBED_", environ={"EMBED_BATCHING": "off"}).batching is None
