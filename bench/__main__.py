@@ -7,6 +7,7 @@ python -m bench startup [args]        # time to ready vs weights size
 python -m bench ray [args]            # Iris on Ray Serve, 1 vs 2 replicas (needs the ray extra and wrk)
 python -m bench hop [args]            # a thread hand-off and back: the model's own thread vs anyio.to_thread
 python -m bench embed [args]          # MiniLM /embed against FastAPI + sentence-transformers (needs wrk)
+python -m bench profile [args]        # flame graphs of /predict against the work floor (needs py-spy)
 python -m bench execution [args]      # inline vs thread by pass length: where execution="auto" switches
 python -m bench protocols [args]      # KServe v2 infer vs /predict, in-process and over hypercorn
 python -m bench gpu [args]            # GPU: memory, time to ready, MiniLM batching, compile, OOM
@@ -28,6 +29,7 @@ COMMANDS = {
     "gpu": "bench.gpu",
     "hop": "bench.hop",
     "execution": "bench.execution",
+    "profile": "bench.profile",
     "embed": "bench.embed_peers",
     "protocols": "bench.protocols",
     "ray": "bench.ray_replicas",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,13 @@ def test_embed_against_sentence_transformers() -> None:
     out = bench("embed", "-c", "1", "-d", "1")
     assert "| 1 | FastAPI + sentence-transformers |" in out
     assert "| 1 | asgi_host, batching on |" in out
+
+
+@pytest.mark.skipif(
+    not Path(sys.executable).with_name("py-spy").exists(), reason="needs py-spy (the bench extra)"
+)
+def test_profile_writes_flame_graphs(tmp_path: Path) -> None:
+    out = bench("profile", "--seconds", "1", "--out-dir", str(tmp_path))
+    assert (tmp_path / "flame_predict.svg").stat().st_size > 0
+    assert (tmp_path / "flame_floor.svg").stat().st_size > 0
+    assert "wrote" in out
