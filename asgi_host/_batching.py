@@ -93,6 +93,7 @@ class Batcher(Resource, Generic[T, R]):
         self.batch_fn = batch_fn
         self.settings = settings or Batching()
         self._queue: deque[_Entry[T, R]] = deque()
+        self._batch: list[_Entry[T, R]] = []  # taken off the queue for the pass being filled or run
         self._queued_rows = 0
         self._wakeup = anyio.Event()
         self._admitted = InFlight()  # requests submitted and not yet answered, for the drain
@@ -203,6 +204,12 @@ class Batcher(Resource, Generic[T, R]):
             )
 
     def _fail_queued(self, error: HTTPError) -> None:
+        """Answer every request still waiting: queued, or in a batch the shutdown cut short."""
+        for entry in self._batch:
+            if not entry.done.is_set():
+                entry.error = error
+                entry.done.set()
+        self._batch = []
         while self._queue:
             entry = self._queue.popleft()
             self._queued_rows -= len(entry.rows)
@@ -215,7 +222,7 @@ class Batcher(Resource, Generic[T, R]):
             while not self._queue:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
-            batch = [self._queue.popleft()]
+            self._batch = batch = [self._queue.popleft()]
             rows = len(batch[0].rows)
             deadline = anyio.current_time() + settings.max_wait_s
             while rows < settings.max_batch_rows:
@@ -233,6 +240,7 @@ class Batcher(Resource, Generic[T, R]):
                 rows += len(entry.rows)
             self._queued_rows -= rows
             await self._pass(batch)
+            self._batch = []
 
     async def _pass(self, entries: list[_Entry[T, R]]) -> None:
         """One forward pass over the entries still waiting; on `OutOfMemory`, again in halves."""

@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol
 from ._defaults import DEFAULTS
 from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError
 from ._health import Readiness, readiness, refusal
-from ._http import Request, Response, error_response
+from ._http import Request, Response, error_response, settle_body
 from ._inflight import InFlight
 from ._lazy import LazyStart
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
@@ -22,6 +22,7 @@ from ._reload import (
     AdminApp,
     Reloader,
     ReloadResult,
+    begin_request,
     stamp_version,
 )
 from ._resources import Progress, Resource, ResourceStack, as_resource
@@ -35,9 +36,6 @@ logger = logging.getLogger("asgi_host")
 
 # Marks a lifespan scope that `Host.lifespan()` made, not a server.
 _EMBEDDED = "asgi_host.embedded"
-# After an error answered before the body was read: how much of the rest is read and dropped.
-DISCARD_BODY_BYTES = 64 * 1024
-DISCARD_BODY_S = 1.0
 
 _NOT_STARTED = HTTPError(
     503,
@@ -174,7 +172,9 @@ class Host:
         if admin_token is not None:
             if not isinstance(admin_token, str) or len(admin_token) < MIN_TOKEN_LENGTH:
                 raise ValueError(f"admin_token must be a string of at least {MIN_TOKEN_LENGTH} characters")
-            self.router.add(Mount(ADMIN_PREFIX, AdminApp(self._reloader, admin_token)))
+            self.router.add(
+                Mount(ADMIN_PREFIX, AdminApp(self._reloader, admin_token, body_timeout_s=body_timeout_s))
+            )
         # The OpenAPI document and Swagger UI: answered like the probes, while loading too.
         if openapi_path is not None:
             for path, endpoint in openapi_routes(self, openapi_path, docs_path):
@@ -361,6 +361,7 @@ class Host:
         return state
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        begin_request()  # x-model-version: the versions this request's passes ran on, and no other's
         match = self.router.resolve(route_path(scope), scope["method"])
         if match.label in self._probe_paths:
             # Probes answer in every phase, uncounted and unmeasured.
@@ -411,13 +412,7 @@ class Host:
                 HTTPError(500, "internal server error; the traceback is in the server log")
             )
         stamp_version(response)
-        if response.status >= 400 and (b"connection", b"close") not in response.headers:
-            # An error may come before the body was read: drop a small rest of it so the server
-            # can reuse the connection, else say the connection closes (hypercorn dropped it
-            # silently, and the client's next request on it failed).
-            reader = request or Request(scope, receive, {}, max_body_bytes=None)
-            if not await reader.discard_body(DISCARD_BODY_BYTES, DISCARD_BODY_S):
-                response.headers.append((b"connection", b"close"))
+        await settle_body(response, request or Request(scope, receive, {}, max_body_bytes=None))
         try:
             await response.send(send, head=method == "HEAD")
         except OSError:

@@ -314,6 +314,27 @@ class _Suspended:
                     return result
 
 
+# After an error answered before the body was read: how much of the rest is read and dropped.
+DISCARD_BODY_BYTES = 64 * 1024
+DISCARD_BODY_S = 1.0
+
+
+async def settle_body(response: Response, request: Request) -> None:
+    """Before sending an error: let the server reuse the connection, or say it closes.
+
+    An error may come before the body was read. An HTTP/1.1 server can reuse the connection only
+    once the body is consumed, so up to `DISCARD_BODY_BYTES` of the rest are read and dropped;
+    more, or slower, and the response says `Connection: close` (hypercorn dropped such connections
+    silently, and the client's next request on them failed).
+    """
+    if (
+        response.status >= 400
+        and (b"connection", b"close") not in response.headers
+        and not await request.discard_body(DISCARD_BODY_BYTES, DISCARD_BODY_S)
+    ):
+        response.headers.append((b"connection", b"close"))
+
+
 def _is_number(text: str) -> bool:
     """ASCII digits only: `str.isdigit()` alone takes "²", which `int()` refuses."""
     return text.isascii() and text.isdigit()

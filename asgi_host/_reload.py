@@ -38,8 +38,8 @@ from typing import Any, Protocol, cast, runtime_checkable
 import anyio
 import msgspec
 
-from ._errors import AsgiHostError, HTTPError
-from ._http import Request, Response, error_response
+from ._errors import AsgiHostError, ClientDisconnect, HTTPError
+from ._http import Request, Response, error_response, settle_body
 from ._lifespan import LifespanPhase
 from ._resources import Resource
 from ._routing import route_path
@@ -180,8 +180,10 @@ def collecting_versions() -> Iterator[list[str]]:
 
 
 def begin_request() -> None:
-    """Forget versions noted for an earlier request served by the same task."""
-    _used_versions.set(None)
+    """A fresh list for this request: an earlier request served by the same task (the test kit,
+    a mount's response the host never stamps) leaves nothing behind, and tasks the handler starts
+    append to this one list instead of setting their own."""
+    _used_versions.set([])
 
 
 def stamp_version(response: Response) -> None:
@@ -294,9 +296,10 @@ class AdminApp:
     client without the token learns nothing, not even which models exist (401/403 before 404).
     """
 
-    def __init__(self, reloader: Reloader, token: str) -> None:
+    def __init__(self, reloader: Reloader, token: str, *, body_timeout_s: float | None = 10.0) -> None:
         self._reloader = reloader
         self._token = token.encode()
+        self._body_timeout_s = body_timeout_s
 
     def __repr__(self) -> str:
         return "AdminApp(token=<hidden>)"
@@ -304,11 +307,20 @@ class AdminApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        request = Request(scope, receive, scope.get("state", {}), max_body_bytes=MAX_ADMIN_BODY_BYTES)
+        request = Request(
+            scope,
+            receive,
+            scope.get("state", {}),
+            max_body_bytes=MAX_ADMIN_BODY_BYTES,
+            body_timeout_s=self._body_timeout_s,
+        )
         try:
             response = await self._handle(request, route_path(scope))
         except HTTPError as exc:
             response = error_response(exc)
+        except ClientDisconnect:
+            return  # nobody to answer
+        await settle_body(response, request)  # a refusal before the body was read keeps the connection
         await response.send(send, head=scope["method"] == "HEAD")
 
     def _authenticate(self, request: Request) -> None:
@@ -322,7 +334,9 @@ class AdminApp:
             )
         scheme, _, given = header.partition(" ")
         # Constant time: the comparison takes as long whichever byte differs.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+        # The header arrived as latin-1 text: compare its bytes with the token's UTF-8 bytes.
+        given_bytes = given.strip().encode("latin-1")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, self._token):
             raise HTTPError(403, "the admin token is wrong", type="forbidden")
 
     async def _handle(self, request: Request, path: str) -> Response:

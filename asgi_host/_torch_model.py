@@ -612,12 +612,15 @@ class TorchModel(Resource):
 
         The first pass has already paid for lazy initialisation; the best of the
         next few is what requests will see (the slower ones are the machine's noise).
+        With `warmup_batch_sizes`, the pass is timed at the largest: a batcher's
+        pass of that many rows is the longest a request can make the loop wait.
         """
         if self.warmup is None:
             return None
+        rows = max(self.warmup_batch_sizes) if self.warmup_batch_sizes else None
         times: list[float] = []
         while len(times) < TIMED_PASSES and sum(times) < TIMED_PASSES_BUDGET_S:
-            times.append(self._warm(module, device, None))
+            times.append(self._warm(module, device, rows))
         return min(times)
 
     def _choose_execution(self, pass_s: float | None) -> tuple[bool, str]:

@@ -36,7 +36,7 @@ from torch import nn
 
 from ._batching import Batcher, Batching
 from ._errors import ClientDisconnect, HTTPError, OutOfMemory
-from ._http import Request, Response
+from ._http import Request, Response, settle_body
 from ._resources import Resource
 from ._routing import Mount, Route
 from ._types import Receive, Scope, Send, send_message
@@ -702,9 +702,6 @@ def _zeros(spec: TensorSpec, rows: int) -> Array:
 
 # -- the routes -----------------------------------------------------------------------------------
 
-DISCARD_BODY_BYTES = 64 * 1024
-DISCARD_BODY_S = 1.0
-
 Handler = Callable[[Request], Any]
 
 
@@ -833,10 +830,7 @@ class _Server:
             elif len(parts) >= 4 and parts[2] == "versions" and parts[3] != model.version:
                 message = f"Request for unknown model: '{parts[1]}' version {parts[3]} is not found"
         response = _error(404, message)
-        if not await Request(scope, receive, {}, max_body_bytes=None).discard_body(
-            DISCARD_BODY_BYTES, DISCARD_BODY_S
-        ):
-            response.headers.append((b"connection", b"close"))
+        await settle_body(response, Request(scope, receive, {}, max_body_bytes=None))
         await response.send(send, head=scope.get("method") == "HEAD")
 
 

@@ -71,8 +71,11 @@ def make_app(config: IrisConfig | None = None) -> Host:
         execution=config.execution,
         compile=compile_setting(config.compile),
         # Compiled: warm up the smallest and the largest pass a request can cause, so none compiles.
+        # Batched: the largest batch, so execution="auto" times the longest pass the batcher makes.
         warmup_batch_sizes=(1, config.batching.max_batch_rows if config.batching else config.max_rows)
         if config.compile != "off"
+        else (config.batching.max_batch_rows,)
+        if config.batching
         else (),
     )
     predict = classifier_endpoint(

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from asgi_host import Batching, Host, Response, Route
+from asgi_host import Batching, Host, HTTPError, Response, Route
 from asgi_host._reload import ReloadError, ReloadInProgress
 from asgi_host.config import HostConfig, load_config
 from asgi_host.model import ModelHandle, TorchModel, classifier_endpoint
@@ -530,3 +530,114 @@ def test_the_reload_snippet_in_production_md_runs(capsys: pytest.CaptureFixture[
     exec(compile(code, "docs/production.md", "exec", dont_inherit=True), {"__name__": "production_md"})
     version = version_of(WEIGHTS)
     assert f"model {version} -> {version} in " in capsys.readouterr().out
+
+
+# ---- found in review ------------------------------------------------------------------------------
+
+
+async def test_a_version_noted_for_one_request_never_reaches_the_next() -> None:
+    """A mount's pass (which the host never stamps) and a disconnect leave nothing behind."""
+    from asgi_host import ClientDisconnect, Mount, Request, Response, Route
+    from asgi_host._reload import record_version
+    from asgi_host.testing import request as send_request
+
+    async def raw_app(scope: Any, receive: Any, send: Any) -> None:
+        record_version("v-mount")  # what ModelHandle.run does for a pass
+        await Response.json({"ok": True}).send(send)
+
+    async def gone(request: Request) -> Response:
+        record_version("v-gone")
+        raise ClientDisconnect("the client went away")
+
+    host = Host(routes=[Route("/gone", gone), Mount("/raw", raw_app)])
+    async with LifespanDriver(host):
+        # The test kit serves every request in this one task, as a server may serve a connection's.
+        assert (await send_request(host, "GET", "/raw/x")).status == 200
+        after_mount = await send_request(host, "GET", "/livez")
+        await send_request(host, "GET", "/gone")
+        after_disconnect = await send_request(host, "GET", "/livez")
+    assert after_mount.header("x-model-version") is None
+    assert after_disconnect.header("x-model-version") is None
+
+
+async def test_versions_noted_in_tasks_the_handler_starts_reach_its_response() -> None:
+    from asgi_host import Request, Response, Route
+    from asgi_host._reload import record_version
+    from asgi_host.testing import request as send_request
+
+    async def pass_at(version: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        record_version(version)  # in a child task, as a pass run from a task group records it
+
+    async def fan_out(request: Request) -> Response:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pass_at, "v-a")
+            tg.start_soon(pass_at, "v-b")
+        return Response.json({"ok": True})
+
+    host = Host(routes=[Route("/fan", fan_out)])
+    async with LifespanDriver(host):
+        answer = await send_request(host, "GET", "/fan")
+    assert sorted((answer.header("x-model-version") or "").split(", ")) == ["v-a", "v-b"]
+
+
+async def test_the_admin_route_survives_a_client_that_leaves_and_keeps_connections_usable(
+    weights: tuple[Path, Path],
+) -> None:
+    from asgi_host.testing import call, http_scope
+
+    host = iris_app(weights[0])
+    async with LifespanDriver(host) as life:
+        scope = http_scope("POST", RELOAD, headers=[*AUTH, ("content-length", "100")], state=life.state)
+        # 5 of 100 bytes, then the client is gone: nothing to answer, nothing raised to the server.
+        transcript = await call(
+            host,
+            scope,
+            [{"type": "http.request", "body": b'{"wei', "more_body": True}, {"type": "http.disconnect"}],
+        )
+        assert not [m for _, m in transcript if m.get("type") == "http.response.start"]
+        # Refused before the body was read: the small body is dropped, so the connection stays usable.
+        refused = await life.request(
+            "POST", RELOAD, json={"weights": "x"}, headers=[("authorization", "Bearer no")]
+        )
+        assert refused.status == 403
+        assert refused.header("connection") is None
+
+
+async def test_a_non_ascii_admin_token_matches_its_utf8_bytes(weights: tuple[Path, Path]) -> None:
+    token = "s3cret-tøken-with-ünicode-0123"
+    host = make_app(IrisConfig(weights=str(weights[0]), device="cpu", admin_token=token, metrics=False))
+    async with LifespanDriver(host) as life:
+        # On the wire the header is the token's UTF-8 bytes; servers hand them over as latin-1 text.
+        wire = f"Bearer {token}".encode().decode("latin-1")
+        answer = await life.request("POST", RELOAD, headers=[("authorization", wire)], timeout_s=30.0)
+    assert answer.status == 200, answer.body
+
+
+async def test_a_batch_cut_short_by_the_drain_timeout_is_answered_503() -> None:
+    from asgi_host import Batcher
+
+    started = anyio.Event()
+
+    async def stuck(state: Any, rows: list[int]) -> list[int]:
+        started.set()
+        await anyio.sleep(60)
+        return rows
+
+    batcher: Batcher[int, int] = Batcher(stuck, Batching(drain_timeout_s=0.1, timeout_s=None))
+    statuses: list[int] = []
+
+    async def submit() -> None:
+        try:
+            await batcher.submit([1])
+        except HTTPError as exc:
+            statuses.append(exc.status)
+
+    with anyio.fail_after(20):  # before the fix the request waited forever (timeout_s=None)
+        async with anyio.create_task_group() as tg:
+            driver = LifespanDriver(Host(resources=[batcher]))
+            await driver.__aenter__()
+            tg.start_soon(submit)
+            await started.wait()
+            await driver.__aexit__(None, None, None)
+    assert statuses == [503]
