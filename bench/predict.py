@@ -59,14 +59,28 @@ async def startup_seconds(repeats: int) -> list[float]:
     return times
 
 
-async def in_process(app: Any, state: dict[str, Any], body: bytes, content_type: bytes, n: int) -> float:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+async def in_process(
+    app: Any,
+    state: dict[str, Any],
+    body: bytes,
+    content_type: bytes,
+    n: int,
+    *,
+    path: str = "/predict",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    warmup: int = 200,
+) -> float:
+    """Seconds per POST of `body` to `path`, driven with raw ASGI messages one at a time."""
+    sent_headers = [
+        *(headers or [(b"content-type", content_type)]),
+        (b"content-length", str(len(body)).encode()),
+    ]
     scope_base = {
         "type": "http",
         "method": "POST",
-        "path": "/predict",
+        "path": path,
         "root_path": "",
-        "headers": headers,
+        "headers": sent_headers,
         "query_string": b"",
     }
     status = 0
@@ -88,13 +102,13 @@ async def in_process(app: Any, state: dict[str, Any], body: bytes, content_type:
 
         await app({**scope_base, "state": dict(state)}, receive, send)
 
-    for _ in range(200):  # warm up
+    for _ in range(warmup):
         await one()
     started = time.perf_counter()
     for _ in range(n):
         await one()
     elapsed = time.perf_counter() - started
-    assert status == 200, status
+    assert status == 200, (path, status)
     return elapsed / n
 
 

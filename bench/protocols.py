@@ -30,6 +30,7 @@ import torch
 
 from bench.batching import stop
 from bench.predict import ROOT, ROW, running
+from bench.predict import in_process as predict_in_process
 from examples.app import IrisConfig, make_app
 from examples.iris import load_dataset
 
@@ -78,41 +79,7 @@ def cases(rows: list[list[float]] | None = None) -> dict[str, Case]:
 
 async def in_process(app: Any, state: dict[str, Any], case: Case, n: int, warmup: int = 200) -> float:
     path, body, headers = case
-    scope_base = {
-        "type": "http",
-        "method": "POST",
-        "path": path,
-        "root_path": "",
-        "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        "query_string": b"",
-    }
-    status = 0
-
-    async def send(message: Any) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    async def one() -> None:
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return {"type": "http.disconnect"}
-
-        await app({**scope_base, "state": dict(state)}, receive, send)
-
-    for _ in range(warmup):
-        await one()
-    started = time.perf_counter()
-    for _ in range(n):
-        await one()
-    elapsed = time.perf_counter() - started
-    assert status == 200, (path, status)
-    return elapsed / n
+    return await predict_in_process(app, state, body, b"", n, path=path, headers=headers, warmup=warmup)
 
 
 async def measure_in_process(n: int) -> dict[str, float]:
