@@ -20,14 +20,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 from bench.batching import wrk
-from bench.http import command, stop
+from bench.http import serve, stop
 
 SCRIPT = Path(__file__).resolve().parent / "post_embed.lua"
+WARM = {"texts": ["warm"]}
 APPS: dict[str, tuple[str, dict[str, str]]] = {
     "asgi_host, batching on": ("examples.embed:app", {"EMBED_BATCHING": "on"}),
     "asgi_host, batching off": ("examples.embed:app", {"EMBED_BATCHING": "off"}),
@@ -61,32 +61,6 @@ def embed(body: EmbedBody) -> dict[str, Any]:
     return {"embeddings": vectors.tolist()}
 
 
-def serve(app: str, port: int, env: dict[str, str]) -> Any:
-    import os
-    import subprocess
-    import time
-
-    process = subprocess.Popen(
-        command("hypercorn", app, port),
-        cwd=Path(__file__).resolve().parent.parent,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            httpx.post(
-                f"http://127.0.0.1:{port}/embed", json={"texts": ["warm"]}, timeout=5
-            ).raise_for_status()
-            return process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    stop(process)
-    raise RuntimeError(f"{app} did not answer")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 32])
@@ -95,7 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[tuple[str, int], dict[str, float]] = {}
     for name, (app, env) in APPS.items():
-        process = serve(app, args.port, env)
+        # MiniLM's first pass can take seconds on a loaded machine: a longer wait than Iris's.
+        process = serve("hypercorn", app, args.port, env, ready_path="/embed", ready_json=WARM, wait_s=180)
         try:
             wrk(args.port, 4, 2, SCRIPT, "/embed")  # warm up
             for c in args.connections:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -49,8 +50,21 @@ def command(server: str, app: str, port: int) -> list[str]:
 
 
 def serve(
-    server: str, app: str, port: int, extra_env: dict[str, str] | None = None
+    server: str,
+    app: str,
+    port: int,
+    extra_env: dict[str, str] | None = None,
+    *,
+    ready_path: str = "/predict",
+    ready_json: Any = None,
+    wait_s: float = 60,
 ) -> subprocess.Popen[bytes]:
+    """Start `app` under `server`; return once a POST of `ready_json` to `ready_path` is answered.
+
+    The default request is one Iris row to /predict.
+    """
+    if ready_json is None:
+        ready_json = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
     env = {**os.environ, "IRIS_BATCHING": "off", "IRIS_METRICS": "false", **(extra_env or {})}
     argv = (
         [sys.executable, "-m", "bench.litserve_iris", str(port)]
@@ -61,10 +75,10 @@ def serve(
     process = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
-            httpx.post(f"http://127.0.0.1:{port}/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}, timeout=1)
+            httpx.post(f"http://127.0.0.1:{port}{ready_path}", json=ready_json, timeout=1)
             return process
         except httpx.TransportError:
             time.sleep(0.1)
