@@ -89,10 +89,6 @@ def load_app(target: str) -> ASGIApp:
     return obj  # type: ignore[no-any-return]
 
 
-def _cuda() -> dict[str, int] | None:
-    return cuda_memory()  # None unless the app imported torch and CUDA is there
-
-
 async def check(app: ASGIApp, name: str, *, timeout_s: float, progress: TextIO | None = None) -> Report:
     """Run `app`'s lifespan once; never raises for what the app does.
 
@@ -112,7 +108,7 @@ async def _run(
     app: ASGIApp, name: str, timeout_s: float, starting: anyio.Event, started: anyio.Event
 ) -> Report:
     memory: dict[str, dict[str, int]] = {}
-    before = _cuda()
+    before = cuda_memory()  # None unless the app imported torch and CUDA is there
     if before is not None:
         memory["before_startup"] = before
     driver = LifespanDriver(app, startup_timeout_s=timeout_s, shutdown_timeout_s=timeout_s)
@@ -135,7 +131,7 @@ async def _run(
     report.startup = Phase(True, round(time.perf_counter() - began, 6))
     report.state_keys = sorted(driver.state)
     report.resources = _resource_detail(app)
-    after_startup = _cuda()
+    after_startup = cuda_memory()
     if after_startup is not None:
         memory["after_startup"] = after_startup
     began = time.perf_counter()
@@ -151,7 +147,7 @@ async def _run(
     except AppTimeout as exc:  # answered shutdown but did not return
         report.exit_code = FAILED
         report.shutdown = Phase(False, report.shutdown.seconds, str(exc))
-    after_shutdown = _cuda()
+    after_shutdown = cuda_memory()
     if after_shutdown is not None:
         memory["after_shutdown"] = after_shutdown
     report.cuda_memory = memory or None
