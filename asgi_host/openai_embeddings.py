@@ -43,6 +43,7 @@ from ._errors import ClientDisconnect, HTTPError
 from ._http import Request, Response
 from ._resources import Resource
 from ._routing import Route
+from ._structured import JSON, _media_type
 
 __all__ = [
     "EmbedFn",
@@ -245,8 +246,8 @@ class OpenAIEmbeddings:
 
     async def _embeddings(self, request: Request) -> Response:
         content_type = request.headers.get("content-type")
-        media_type = content_type.partition(";")[0].strip().lower() if content_type else "application/json"
-        if media_type != "application/json":
+        media_type = _media_type(content_type) if content_type else JSON
+        if media_type != JSON:
             raise OpenAIError(415, f"content type {media_type!r} is not supported; send application/json")
         if self.max_body_bytes is not None:
             request.max_body_bytes = self.max_body_bytes
