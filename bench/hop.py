@@ -4,8 +4,10 @@
 
 A no-op run through `anyio.to_thread.run_sync` (a shared pool, what the handle
 used before) and through `PassThreads` (the model's own thread, what
-`ModelHandle.run` uses now), alternating, in one process: the figures are
-comparable only within a run.
+`ModelHandle.run` uses now), then the Iris forward pass (one row) on the loop
+itself and through `PassThreads`, alternating, in one process: the figures are
+comparable only within a run. The last two show what a hand-off costs when the
+thread does torch work rather than nothing.
 """
 
 from __future__ import annotations
@@ -23,12 +25,33 @@ def noop() -> int:
     return 1
 
 
+def iris_pass() -> Callable[[], object]:
+    import torch
+
+    from bench.peers import load_iris
+
+    module, row = load_iris(), [[5.1, 3.5, 1.4, 0.2]]
+
+    def forward() -> object:
+        with torch.inference_mode():
+            return torch.softmax(module(torch.tensor(row)), dim=-1).tolist()
+
+    return forward
+
+
 async def measure(n: int, backend: str) -> None:
     threads = PassThreads(1, "bench-hop")
     limiter = anyio.CapacityLimiter(1)
-    ways: dict[str, Callable[[], Awaitable[int]]] = {
+    forward = iris_pass()
+
+    async def on_the_loop() -> object:
+        return forward()
+
+    ways: dict[str, Callable[[], Awaitable[object]]] = {
         "anyio.to_thread": lambda: anyio.to_thread.run_sync(noop, limiter=limiter),
         "PassThreads": lambda: threads.run(noop),
+        "Iris pass on the loop (no hand-off)": on_the_loop,
+        "PassThreads, Iris pass": lambda: threads.run(forward),
     }
     try:
         for _ in range(2):
