@@ -96,3 +96,9 @@ def test_profile_writes_flame_graphs(tmp_path: Path) -> None:
     assert (tmp_path / "flame_predict.svg").stat().st_size > 0
     assert (tmp_path / "flame_floor.svg").stat().st_size > 0
     assert "wrote" in out
+
+
+def test_hop_with_and_without_torch_work() -> None:
+    out = bench("hop", "-n", "50")
+    assert "| asyncio | PassThreads, Iris pass |" in out
+    assert "| trio | Iris pass on the loop (no hand-off) |" in out
