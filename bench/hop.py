@@ -64,6 +64,9 @@ async def measure(n: int, backend: str) -> None:
                 print(f"| {backend} | {name} | {(time.perf_counter() - started) / n * 1e6:.1f} |", flush=True)
     finally:
         threads.stop()
+        # Joined, as TorchModel joins its thread: a daemon thread that ran torch still alive at
+        # interpreter exit aborts the process ("terminate called without an active exception").
+        threads.join(10.0)
 
 
 def main() -> None:
