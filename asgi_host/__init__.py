@@ -4,53 +4,80 @@ Load models and other resources on `lifespan.startup`, release them (and CUDA
 memory) on `lifespan.shutdown`, serve a few routes and mount sub-apps, with no
 web framework. The PyTorch pieces live in `asgi_host.model` (extra `torch`);
 the protocol test kit in `asgi_host.testing`.
+
+Every public error is exported here, and only here.
 """
 
 from ._batching import Batcher, Batching
+from ._driver import AppTimeout, DriverError, LifespanFailed, LifespanUnsupported, ProtocolViolation
 from ._errors import (
     AsgiHostError,
     ClientDisconnect,
+    ConfigError,
     HTTPError,
     LifespanError,
     LifespanProtocolError,
+    ModelLoadError,
+    OpenAIError,
     OutOfMemory,
+    ReloadError,
+    ReloadInProgress,
+    ReplicaUnhealthy,
     ShutdownError,
     StartupError,
+    SubAppLifespanError,
 )
 from ._health import Readiness
 from ._host import Host
-from ._http import Request, Response
+from ._http import ErrorFormat, Request, Response, error_response
 from ._lifespan import LifespanPhase
-from ._reload import Reloadable, ReloadError, ReloadInProgress, ReloadResult, Replacement
+from ._reload import Reloadable, ReloadResult, Replacement
 from ._resources import Progress, Resource
-from ._routing import Mount, Route
+from ._routing import Adapter, Mount, Route
+from ._rows import Rows
 from ._structured import StructEndpoint
 from ._version import __version__ as __version__
+from ._view import HostView
 
 __all__ = [
+    "Adapter",
+    "AppTimeout",
     "AsgiHostError",
     "Batcher",
     "Batching",
     "ClientDisconnect",
+    "ConfigError",
+    "DriverError",
+    "ErrorFormat",
     "HTTPError",
     "Host",
+    "HostView",
     "LifespanError",
+    "LifespanFailed",
     "LifespanPhase",
     "LifespanProtocolError",
+    "LifespanUnsupported",
+    "ModelLoadError",
     "Mount",
+    "OpenAIError",
     "OutOfMemory",
     "Progress",
+    "ProtocolViolation",
     "Readiness",
     "ReloadError",
     "ReloadInProgress",
     "ReloadResult",
     "Reloadable",
     "Replacement",
+    "ReplicaUnhealthy",
     "Request",
     "Resource",
     "Response",
     "Route",
+    "Rows",
     "ShutdownError",
     "StartupError",
     "StructEndpoint",
+    "SubAppLifespanError",
+    "error_response",
 ]

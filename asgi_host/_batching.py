@@ -22,13 +22,14 @@ from typing import Annotated, Any, Generic, TypeVar
 import anyio
 import msgspec
 
+from ._clock import deadline
 from ._config import check_constraints
 from ._errors import ClientDisconnect, HTTPError, OutOfMemory
 from ._http import Request
 from ._inflight import InFlight
-from ._reload import collecting_versions, record_versions
 from ._resources import Resource
-from ._resources import _deadline as deadline
+from ._versions import collecting_versions, record_versions
+from ._view import HostView
 
 __all__ = ["Batcher", "Batching"]
 
@@ -180,7 +181,7 @@ class Batcher(Resource, Generic[T, R]):
         return entry.result
 
     @asynccontextmanager
-    async def _lifespan(self, host: Any) -> AsyncIterator[None]:
+    async def _lifespan(self, host: HostView) -> AsyncIterator[None]:
         self._state = host.state  # holds what the resources entered before this one yielded
         self._closing = False
         async with anyio.create_task_group() as tg:
@@ -224,13 +225,13 @@ class Batcher(Resource, Generic[T, R]):
                 await self._wakeup.wait()
             self._batch = batch = [self._queue.popleft()]
             rows = len(batch[0].rows)
-            deadline = anyio.current_time() + settings.max_wait_s
+            closes_at = anyio.current_time() + settings.max_wait_s
             while rows < settings.max_batch_rows:
                 if not self._queue:
-                    if anyio.current_time() >= deadline:
+                    if anyio.current_time() >= closes_at:
                         break
                     self._wakeup = anyio.Event()
-                    with anyio.move_on_after(deadline - anyio.current_time()):
+                    with anyio.move_on_after(closes_at - anyio.current_time()):
                         await self._wakeup.wait()
                     continue
                 if rows + len(self._queue[0].rows) > settings.max_batch_rows:

@@ -1,26 +1,26 @@
-"""`classifier_endpoint`: POST /predict for a model that maps feature rows to class logits."""
+"""`Classifier`: POST /predict for a model that maps feature rows to class logits."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 import torch
 from torch import nn
 
-from ._batching import Batcher, Batching
-from ._errors import HTTPError, OutOfMemory
+from ._batching import Batching
+from ._errors import HTTPError
 from ._http import Request
 from ._resources import Resource
+from ._routing import Mount, Route
+from ._rows import Rows, model_handle
 from ._structured import StructEndpoint
+from ._view import HostView
 
-if TYPE_CHECKING:
-    from ._torch_model import ModelHandle
-
-__all__ = ["ClassifierOutput", "classifier_endpoint"]
+__all__ = ["Classifier", "ClassifierOutput"]
 
 
 class ClassifierOutput(msgspec.Struct):
@@ -30,114 +30,122 @@ class ClassifierOutput(msgspec.Struct):
     labels: list[str]
 
 
-def classifier_endpoint(
-    *,
-    labels: Sequence[str],
-    n_features: int,
-    model: str = "model",
-    max_rows: int = 1024,
-    max_body_bytes: int | None = None,
-    batching: Batching | None = None,
-) -> StructEndpoint[Any]:
-    """A `/predict` endpoint for a classifier that maps `n_features` floats to `len(labels)` logits.
+class Classifier:
+    """`POST /predict` for a classifier that maps `n_features` floats to `len(labels)` logits.
 
-    Request `{"inputs": [[f, ...], ...]}`, answer `{"outputs": [[p, ...], ...], "labels": [...]}`.
-    Empty batches, rows of the wrong width and non-finite numbers are 422;
-    more than `max_rows` rows is 413. `model` is the state key of the handle.
-    With `batching`, concurrent requests share forward passes (see `Batching`);
-    the endpoint's batcher is in `endpoint.resources` and the host starts it.
+    ::
+
+        app = Host(resources=[TorchModel(...)], routes=[Classifier(labels=["cat", "dog"], n_features=8)])
+
+    Request `{"inputs": [[f, ...], ...]}`, answer `{"outputs": [[p, ...], ...], "labels": [...]}`:
+    the softmax of the model's logits and the most likely label per row. Empty batches, rows of
+    the wrong width and non-finite numbers are 422; more than `max_rows` rows is 413. `model` is
+    the state key of the `TorchModel`'s handle, `path` the route's path. With `batching`,
+    concurrent requests share forward passes (see `Batching`). At startup, after the model
+    loads, a pass on zeros checks that the model answers one column per label.
+
+    An adapter like `KServe` and `OpenAIEmbeddings`: give it to the host's `routes`, or
+    take `routes()`; `endpoint` is the route's endpoint and `resources` what it carries.
     """
-    if n_features < 1:
-        raise ValueError(f"a classifier needs at least one feature, got n_features={n_features}")
-    if not labels:
-        raise ValueError("a classifier needs labels: pass labels=[...], one per output column")
-    label_list = list(labels)
-    row = Annotated[
-        list[float],
-        msgspec.Meta(
-            min_length=n_features,
-            max_length=n_features,
-            description=f"One row: {n_features} finite numbers.",
-        ),
-    ]
-    # More than max_rows rows is 413 (the handler checks it, not the decoder); the document says so.
-    inputs = msgspec.Meta(
-        min_length=1,
-        description=f"Rows to classify, at most max_rows={max_rows} (more is 413).",
-        extra_json_schema={"maxItems": max_rows},
-    )
-    request_type = msgspec.defstruct(
-        "PredictRequest",
-        [("inputs", Annotated[list[row], inputs])],
-        forbid_unknown_fields=True,
-    )
 
-    def forward(
-        module: nn.Module, inputs: list[list[float]], device: torch.device, dtype: torch.dtype
-    ) -> Any:
+    def __init__(
+        self,
+        *,
+        labels: Sequence[str],
+        n_features: int,
+        model: str = "model",
+        path: str = "/predict",
+        max_rows: int = 1024,
+        max_body_bytes: int | None = None,
+        batching: Batching | None = None,
+    ) -> None:
+        if n_features < 1:
+            raise ValueError(f"a classifier needs at least one feature, got n_features={n_features}")
+        if not labels:
+            raise ValueError("a classifier needs labels: pass labels=[...], one per output column")
+        self.labels = list(labels)
+        self.n_features = n_features
+        self.model = model
+        self.path = path
+        self.max_rows = max_rows
+        self.rows: Rows[list[float], list[float]] = Rows(self._forward, model=model, batching=batching)
+        checker = Resource(self._check_output, name=f"{model} output check")
+        self.resources: tuple[Resource, ...] = (checker, *self.rows.resources)
+        self.endpoint = StructEndpoint(
+            self.predict,
+            self._request_type(),
+            response_type=ClassifierOutput,
+            errors={
+                413: f"More than max_rows={max_rows} rows.",
+                422: "A number is not finite, or the model's output for a row is not (inputs outside what it "
+                "can compute); `path` names the row.",
+            },
+            max_body_bytes=max_body_bytes,
+            resources=self.resources,
+        )
+
+    def routes(self) -> list[Route | Mount]:
+        return [Route(self.path, self.endpoint, methods=["POST"])]
+
+    def _request_type(self) -> type[Any]:
+        row = Annotated[
+            list[float],
+            msgspec.Meta(
+                min_length=self.n_features,
+                max_length=self.n_features,
+                description=f"One row: {self.n_features} finite numbers.",
+            ),
+        ]
+        # More than max_rows rows is 413 (the handler checks it, not the decoder); the document says so.
+        inputs = msgspec.Meta(
+            min_length=1,
+            description=f"Rows to classify, at most max_rows={self.max_rows} (more is 413).",
+            extra_json_schema={"maxItems": self.max_rows},
+        )
+        return msgspec.defstruct(
+            "PredictRequest", [("inputs", Annotated[list[row], inputs])], forbid_unknown_fields=True
+        )
+
+    async def predict(self, body: Any, request: Request) -> ClassifierOutput:
+        """Classify rows of features: each row's class probabilities and most likely label."""
+        inputs: list[list[float]] = body.inputs
+        if len(inputs) > self.max_rows:
+            raise HTTPError(413, f"{len(inputs)} rows is more than max_rows={self.max_rows}; split the batch")
+        _check_finite(inputs)
+        outputs = await self.rows.run(inputs, request)
+        _check_finite_outputs(outputs)
+        labels = self.labels
+        best = [labels[max(range(len(row)), key=row.__getitem__)] for row in outputs]
+        return ClassifierOutput(outputs=outputs, labels=best)
+
+    def _forward(
+        self, module: nn.Module, inputs: list[list[float]], device: torch.device, dtype: torch.dtype
+    ) -> list[list[float]]:
         x = torch.tensor(inputs, dtype=dtype, device=device)
         probabilities = torch.softmax(module(x).float(), dim=-1)
-        if probabilities.shape != (len(inputs), len(label_list)):
-            expected = (len(inputs), len(label_list))
+        expected = (len(inputs), len(self.labels))
+        if probabilities.shape != expected:
             raise RuntimeError(f"model returned shape {tuple(probabilities.shape)}, expected {expected}")
-        return probabilities.cpu().tolist()
-
-    async def run_rows(state: Mapping[str, Any], inputs: list[list[float]]) -> list[list[float]]:
-        handle: ModelHandle = state[model]
-        outputs: list[list[float]] = await handle.run(forward, inputs, handle.device, handle.dtype)
+        outputs: list[list[float]] = probabilities.cpu().tolist()
         return outputs
 
-    def output_shape(module: nn.Module, device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
-        return tuple(module(torch.zeros(2, n_features, dtype=dtype, device=device)).shape)
+    def _output_shape(self, module: nn.Module, device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
+        return tuple(module(torch.zeros(2, self.n_features, dtype=dtype, device=device)).shape)
 
     @asynccontextmanager
-    async def check_output(host: Any) -> AsyncIterator[None]:
+    async def _check_output(self, host: HostView) -> AsyncIterator[None]:
         # At startup, after the model loaded: a model whose output does not fit the labels fails
         # startup here instead of answering every request with a 500.
-        handle: ModelHandle = host.state[model]
-        shape = await handle.run(output_shape, handle.device, handle.dtype)
-        if shape != (2, len(label_list)):
+        handle = model_handle(host.state, self.model)
+        shape = await handle.run(self._output_shape, handle.device, handle.dtype)
+        if shape != (2, len(self.labels)):
             columns = f"{shape[1]} columns per row" if len(shape) == 2 else f"shape {shape} for 2 rows"
             raise RuntimeError(
-                f"model {model!r} returns {columns} but the endpoint has {len(label_list)} labels "
-                f"({', '.join(label_list)}): give classifier_endpoint the labels the model was trained "
+                f"model {self.model!r} returns {columns} but the endpoint has {len(self.labels)} labels "
+                f"({', '.join(self.labels)}): give Classifier the labels the model was trained "
                 "on, or load the weights that match them"
             )
         yield
-
-    batcher = Batcher(run_rows, batching, name=f"{model} batcher") if batching is not None else None
-
-    async def predict(body: Any, request: Request) -> ClassifierOutput:
-        """Classify rows of features: each row's class probabilities and most likely label."""
-        inputs: list[list[float]] = body.inputs
-        if len(inputs) > max_rows:
-            raise HTTPError(413, f"{len(inputs)} rows is more than max_rows={max_rows}; split the batch")
-        _check_finite(inputs)
-        if batcher is not None:
-            outputs = await batcher.submit(inputs, request)
-        else:
-            try:
-                outputs = await run_rows(request.state, inputs)
-            except OutOfMemory as exc:
-                raise exc.for_rows(len(inputs)) from None
-        _check_finite_outputs(outputs)
-        best = [label_list[max(range(len(row)), key=row.__getitem__)] for row in outputs]
-        return ClassifierOutput(outputs=outputs, labels=best)
-
-    checker = Resource(check_output, name=f"{model} output check")
-    resources = (checker, batcher) if batcher is not None else (checker,)
-    return StructEndpoint(
-        predict,
-        request_type,
-        response_type=ClassifierOutput,
-        errors={
-            413: f"More than max_rows={max_rows} rows.",
-            422: "A number is not finite, or the model's output for a row is not (inputs outside what it "
-            "can compute); `path` names the row.",
-        },
-        max_body_bytes=max_body_bytes,
-        resources=resources,
-    )
 
 
 def _check_finite_outputs(outputs: list[list[float]]) -> None:

@@ -17,7 +17,14 @@ from ._errors import ModelLoadError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cuda_memory", "memory_text", "oom_detail", "release_cuda_memory", "resolve_device"]
+__all__ = [
+    "cuda_memory",
+    "device_memory",
+    "memory_text",
+    "oom_detail",
+    "release_cuda_memory",
+    "resolve_device",
+]
 
 
 def cuda_memory(device: torch.device | int | None = None) -> dict[str, int] | None:
@@ -32,6 +39,11 @@ def cuda_memory(device: torch.device | int | None = None) -> dict[str, int] | No
         "allocated_bytes": torch_module.cuda.memory_allocated(device),
         "reserved_bytes": torch_module.cuda.memory_reserved(device),
     }
+
+
+def device_memory(device: torch.device) -> dict[str, int]:
+    """`cuda_memory(device)` for a CUDA device; empty for any other (what logs and details show)."""
+    return (cuda_memory(device) or {}) if device.type == "cuda" else {}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -20,9 +20,11 @@ import anyio
 import msgspec
 
 from ._device import cuda_memory
+from ._driver import AppTimeout, LifespanFailed, LifespanUnsupported, ProtocolViolation
+from ._errors import AsgiHostError
 from ._types import ASGIApp
 from ._version import __version__
-from .testing import AppTimeout, LifespanDriver, LifespanFailed, LifespanUnsupported, ProtocolViolation
+from .testing import LifespanDriver
 
 __all__ = ["Report", "check", "main"]
 
@@ -55,7 +57,7 @@ SERVERS_SERVE_ANYWAY = (
 )
 
 
-class TargetError(Exception):
+class TargetError(AsgiHostError):
     """MODULE:APP could not be loaded; the message says why in one line (exit code 3)."""
 
 

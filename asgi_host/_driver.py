@@ -24,8 +24,8 @@ import math
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
+from ._clock import deadline
 from ._errors import AsgiHostError
-from ._resources import _deadline as deadline
 from ._types import ASGIApp, Message, Scope, State
 
 __all__ = [

@@ -1,4 +1,9 @@
-"""One root exception, and one subclass per thing a user has to act on."""
+"""One root exception, and one subclass per thing a user has to act on.
+
+Every exception the package defines derives from `AsgiHostError`, and every public one is
+exported from `asgi_host` (the test kit's, which describe what a driven app did wrong, are
+defined beside the driver in `_driver.py`).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,34 @@ from collections.abc import Sequence
 __all__ = [
     "AsgiHostError",
     "ClientDisconnect",
+    "ConfigError",
     "HTTPError",
     "LifespanError",
     "LifespanProtocolError",
     "ModelLoadError",
+    "OpenAIError",
     "OutOfMemory",
+    "ReloadError",
+    "ReloadInProgress",
+    "ReplicaUnhealthy",
     "ShutdownError",
     "StartupError",
+    "SubAppLifespanError",
 ]
 
 # The `type` field of the error JSON for each status the host produces itself.
 ERROR_TYPES: dict[int, str] = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     408: "request_timeout",
     413: "payload_too_large",
+    409: "conflict",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
     504: "timeout",
@@ -124,3 +139,68 @@ class OutOfMemory(HTTPError):
 
 class ModelLoadError(AsgiHostError):
     """The model could not be built, loaded or placed; the message says what to change."""
+
+
+class ConfigError(AsgiHostError):
+    """A setting is unknown, of the wrong type, or out of range; the message names it."""
+
+
+class SubAppLifespanError(LifespanError):
+    """A mounted sub-app (`Mount(..., lifespan=True)`) answered `.failed`, or raised once it had begun
+    its lifespan. `phase` is `startup` or `shutdown`; `app_message` the app's own `.failed` message."""
+
+    def __init__(self, phase: str, message: str, app_message: str | None = None) -> None:
+        self.phase = phase
+        self.app_message = app_message
+        super().__init__(message)
+
+
+class ReloadError(AsgiHostError):
+    """A reload was refused or failed; what serves is unchanged. `status` is the admin route's answer.
+
+    404: no resource of that name supports reloading; 409: the host is not ready, or a reload of
+    that resource is already running; 422: the new version failed to load or warm up.
+    """
+
+    def __init__(self, message: str, *, status: int = 422) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class ReloadInProgress(ReloadError):
+    """Another reload of the same resource is running (one at a time per resource)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=409)
+
+
+class ReplicaUnhealthy(AsgiHostError):
+    """Raised from a Ray Serve replica's `check_health`: Ray marks the replica unhealthy and replaces it."""
+
+
+class OpenAIError(HTTPError):
+    """An error answered in OpenAI's shape by the OpenAI-compatible routes.
+
+    `{"error": {"message": ..., "type": "invalid_request_error", "param": "input", "code": null}}`.
+    `param` names the request field at fault, `code` a machine-readable reason
+    (`model_not_found`, ...). Raised elsewhere it is an `HTTPError` like any other.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(status, message, type=type or openai_type(status), headers=headers)
+        self.param = param
+        self.code = code
+
+
+def openai_type(status: int) -> str:
+    """OpenAI's error `type` for a status: `invalid_request_error` below 500, else `server_error`."""
+    return "invalid_request_error" if status < 500 else "server_error"

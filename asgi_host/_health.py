@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import msgspec
 
+from ._describe import SchemaOf, json_response, probe_operation
 from ._errors import HTTPError
+from ._http import Request, Response
 from ._lifespan import LifespanPhase, LifespanTracker
 from ._resources import Progress, Resource
 
-__all__ = ["Readiness", "readiness", "refusal"]
+__all__ = ["Liveness", "LivenessProbe", "Readiness", "ReadinessProbe", "readiness", "refusal"]
 
 Status = Literal["ready", "not started", "loading", "draining", "failed"]
 
@@ -81,3 +83,45 @@ def _eta_s(state: Readiness) -> int:
         return 1
     remaining = state.elapsed_s * (1 - state.fraction) / state.fraction
     return min(60, max(1, math.ceil(remaining)))
+
+
+class Liveness(msgspec.Struct):
+    """The `/livez` body: the process answers."""
+
+    status: Literal["alive"]
+
+
+class LivenessProbe:
+    """`GET /livez`: 200 while the process answers, in every phase."""
+
+    _body = msgspec.json.encode(Liveness("alive"))
+
+    async def __call__(self, request: Request) -> Response:
+        return Response(self._body, media_type="application/json")
+
+    def openapi_operation(self, method: str, schema: SchemaOf) -> dict[str, Any]:
+        return probe_operation(
+            "Liveness: the process answers (answered while loading too).",
+            {"200": json_response("Alive.", schema(Liveness))},
+        )
+
+
+class ReadinessProbe:
+    """`GET /readyz`: 200 when routes are served, else 503 with why (`Readiness`)."""
+
+    def __init__(self, report: Callable[[], Readiness]) -> None:
+        self._report = report
+
+    async def __call__(self, request: Request) -> Response:
+        state = self._report()
+        return Response.json(state, status=200 if state.status == "ready" else 503)
+
+    def openapi_operation(self, method: str, schema: SchemaOf) -> dict[str, Any]:
+        body = schema(Readiness)
+        return probe_operation(
+            "Readiness: whether routes are served now, and why not.",
+            {
+                "200": json_response("Ready: routes are served.", body),
+                "503": json_response("Not ready: `status` and `reason` say why.", body),
+            },
+        )

@@ -7,27 +7,22 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal, Protocol
 
+from ._admin import admin_route
 from ._defaults import DEFAULTS
-from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError
-from ._health import Readiness, readiness, refusal
-from ._http import Request, Response, error_response, settle_body
+from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError, SubAppLifespanError
+from ._health import LivenessProbe, Readiness, ReadinessProbe, readiness, refusal
+from ._http import Request, error_response, settle_body
 from ._inflight import InFlight
 from ._lazy import LazyStart
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
 from ._logging import default_logging
-from ._propagation import LifespanUnsupported, SubAppLifespan, SubAppLifespanError, drive_lifespan
-from ._reload import (
-    ADMIN_PREFIX,
-    MIN_TOKEN_LENGTH,
-    AdminApp,
-    Reloader,
-    ReloadResult,
-    begin_request,
-    stamp_version,
-)
+from ._propagation import LifespanUnsupported, SubAppLifespan, drive_lifespan
+from ._reload import Reloader, ReloadResult
 from ._resources import Progress, Resource, ResourceStack, as_resource
-from ._routing import Dispatch, Endpoint, Match, Mount, Route, Router, route_path
+from ._routing import Adapter, Dispatch, Endpoint, Match, Mount, Route, Router, expand_routes, route_path
 from ._types import ASGIApp, Receive, Scope, Send, State, send_message
+from ._versions import begin_request, stamp_version
+from ._view import HostView
 from .openapi import openapi_routes
 
 __all__ = ["Host"]
@@ -57,9 +52,10 @@ class RequestMetrics(Protocol):
 
     path: str
 
-    async def endpoint(self, request: Request) -> Response: ...
+    @property
+    def endpoint(self) -> Endpoint: ...
 
-    def attach(self, host: Any) -> None: ...
+    def attach(self, host: HostView) -> None: ...
 
     def wrap(self, dispatch: Dispatch) -> Dispatch: ...
 
@@ -106,7 +102,7 @@ class Host:
         self,
         *,
         resources: Iterable[ResourceLike] = (),
-        routes: Sequence[Route | Mount] = (),
+        routes: Sequence[Route | Mount | Adapter] = (),
         # Each setting's default is HostSettings' (_defaults.py), which HostConfig's fields are too.
         startup_timeout_s: float | None = DEFAULTS.startup_timeout_s,
         shutdown_timeout_s: float | None = DEFAULTS.shutdown_timeout_s,
@@ -123,6 +119,7 @@ class Host:
         openapi_path: str | None = DEFAULTS.openapi_path,
         docs_path: str | None = DEFAULTS.docs_path,
     ) -> None:
+        routes = expand_routes(routes)
         self.router = Router(routes)
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
@@ -131,9 +128,10 @@ class Host:
         self.on_background_failure = on_background_failure
         # Endpoints may carry resources (a batcher): they start after the
         # host's own, so after the model they use, and stop before it.
-        carried = [
-            r for item in routes if isinstance(item, Route) for r in getattr(item.endpoint, "resources", ())
-        ]
+        # An endpoint routed at several paths (a v2 model's versioned paths) carries them once.
+        carried = list(
+            {id(r): r for item in routes if isinstance(item, Route) for r in item.resources}.values()
+        )
         # Mounts whose lifespan runs with the host's: after everything else, in mount order.
         propagated = [SubAppLifespan(m.prefix, m.app) for m in routes if isinstance(m, Mount) and m.lifespan]
         self._stack = ResourceStack(
@@ -152,9 +150,9 @@ class Host:
         self._in_flight = InFlight()
         self._probe_paths: set[str] = set()
         if livez_path is not None:
-            self._add_probe(livez_path, self._livez)
+            self._add_probe(livez_path, LivenessProbe())
         if readyz_path is not None:
-            self._add_probe(readyz_path, self._readyz)
+            self._add_probe(readyz_path, ReadinessProbe(self.readiness))
         if lazy_start not in (None, "wait", "unavailable"):
             raise ValueError(f"lazy_start is None, 'wait' or 'unavailable', got {lazy_start!r}")
         self.lazy_start = lazy_start
@@ -170,11 +168,7 @@ class Host:
         # `host.reload()`, and with an admin token its route (off without one): see _reload.py.
         self._reloader = Reloader(self)
         if admin_token is not None:
-            if not isinstance(admin_token, str) or len(admin_token) < MIN_TOKEN_LENGTH:
-                raise ValueError(f"admin_token must be a string of at least {MIN_TOKEN_LENGTH} characters")
-            self.router.add(
-                Mount(ADMIN_PREFIX, AdminApp(self._reloader, admin_token, body_timeout_s=body_timeout_s))
-            )
+            self.router.add(admin_route(self._reloader, admin_token))
         # The OpenAPI document and Swagger UI: answered like the probes, while loading too.
         if openapi_path is not None:
             for path, endpoint in openapi_routes(self, openapi_path, docs_path):
@@ -208,13 +202,6 @@ class Host:
         """What `/readyz` reports: `ready`, or why not."""
         return readiness(self._lifespan, self._stack.progress, self._in_flight.count, self._stack.resources)
 
-    async def _livez(self, request: Request) -> Response:
-        return Response.json({"status": "alive"})
-
-    async def _readyz(self, request: Request) -> Response:
-        state = self.readiness()
-        return Response.json(state, status=200 if state.status == "ready" else 503)
-
     async def _drain(self) -> None:
         """From lifespan.shutdown on: refuse new work, wait for the admitted (bounded)."""
         if self._in_flight.count:
@@ -231,7 +218,7 @@ class Host:
         return self._lifespan.phase
 
     @property
-    def state(self) -> Mapping[str, Any]:
+    def state(self) -> State:
         """What the resources yielded; empty until startup completes."""
         return self._stack.state
 
@@ -288,7 +275,8 @@ class Host:
         """Decorator form of `Route`: `@host.route("/ping")`."""
 
         def decorate(endpoint: Endpoint) -> Endpoint:
-            carried = [as_resource(r) for r in getattr(endpoint, "resources", ())]
+            route = Route(path, endpoint, methods=methods)
+            carried = [as_resource(r) for r in route.resources]
             if carried and self.phase is not LifespanPhase.IDLE:
                 raise RuntimeError(
                     f"the endpoint for {path!r} carries resources ({', '.join(r.name for r in carried)}): "
@@ -296,11 +284,12 @@ class Host:
                 )
             # Like `routes=`: after the host's own resources, before mounts whose lifespan it runs.
             resources = self._stack.resources
+            carried = [r for r in carried if all(r is not other for other in resources)]
             at = next((i for i, r in enumerate(resources) if isinstance(r, SubAppLifespan)), len(resources))
             names = [r.name for r in [*resources, *carried]]
             if len(set(names)) != len(names):
                 raise ValueError(f"resource names must be unique, got {names}")
-            self.router.add(Route(path, endpoint, methods=methods))
+            self.router.add(route)
             resources[at:at] = carried
             return endpoint
 
@@ -387,13 +376,16 @@ class Host:
     async def _respond(
         self, scope: Scope, receive: Receive, send: Send, match: Match, refused: HTTPError | None = None
     ) -> None:
+        """The one place a routed request is answered: the endpoint's response, or the route's error
+        format for every error (the host's refusals, an `HTTPError`, an unhandled exception)."""
         method: str = scope["method"]
         request: Request | None = None
         error = refused or match.error
+        answer_error = match.error_format or error_response
         try:
             if error is not None:
                 raise error
-            assert match.endpoint is not None  # the router gives an endpoint or an error
+            assert match.route is not None  # the router gives a route, a mount or an error
             request = Request(
                 scope,
                 receive,
@@ -401,14 +393,14 @@ class Host:
                 max_body_bytes=self.max_body_bytes,
                 body_timeout_s=self.body_timeout_s,
             )
-            response = await match.endpoint(request)
+            response = await match.route.endpoint(request)
         except HTTPError as exc:
-            response = error_response(exc)
+            response = answer_error(exc)
         except ClientDisconnect:
             return  # nobody to answer
         except Exception:
             logger.exception("unhandled error in %s %s", method, match.path)
-            response = error_response(
+            response = answer_error(
                 HTTPError(500, "internal server error; the traceback is in the server log")
             )
         stamp_version(response)
@@ -426,10 +418,14 @@ class Host:
             self._request_state(scope)
             await mount.app(mount.child_scope(scope, path), receive, send)
             return
-        # A plain HTTP app denies websockets: close before accept, and the
-        # server answers the handshake with 403.
-        message = await receive()
-        if message.get("type") == "websocket.connect":
-            await send_message(
-                send, {"type": "websocket.close", "code": 1008, "reason": "no websocket route here"}
-            )
+        await refuse_websocket(receive, send)
+
+
+async def refuse_websocket(receive: Receive, send: Send) -> None:
+    """A plain HTTP app denies websockets: close before accept, and the server answers the
+    handshake with 403."""
+    message = await receive()
+    if message.get("type") == "websocket.connect":
+        await send_message(
+            send, {"type": "websocket.close", "code": 1008, "reason": "no websocket route here"}
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -12,7 +12,16 @@ import msgspec
 from ._errors import ClientDisconnect, HTTPError
 from ._types import Message, Receive, Scope, Send, State, send_message
 
-__all__ = ["Request", "Response", "error_response"]
+__all__ = [
+    "Error",
+    "ErrorDetail",
+    "ErrorFormat",
+    "Request",
+    "Response",
+    "error_response",
+    "media_type",
+    "settle_body",
+]
 
 current_async_library: Callable[[], str]
 try:
@@ -23,15 +32,20 @@ except ImportError:  # sniffio comes with trio: without it, anyio runs on asynci
         return "asyncio"
 
 
-class _ErrorDetail(msgspec.Struct, omit_defaults=True):
+class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    """What went wrong. `type` names the status (`validation_error` for 422, ...); `path`, for a
+    body that does not match the schema, is where (`$.inputs[0]`)."""
+
     status: int
     type: str
     message: str
     path: str | None = None
 
 
-class _ErrorBody(msgspec.Struct):
-    error: _ErrorDetail
+class Error(msgspec.Struct):
+    """The host's error JSON, which every error status carries, whatever `Accept` asked for."""
+
+    error: ErrorDetail
 
 
 _json_encoder = msgspec.json.Encoder()
@@ -84,15 +98,32 @@ class Response:
         await send_message(send, {"type": "http.response.body", "body": b"" if head else self.body})
 
 
+class ErrorFormat(Protocol):
+    """How a route answers an error: the host's error JSON (`error_response`, the default), KServe's
+    `{"error": "..."}`, OpenAI's error object. A `Route` (or its endpoint, as `error_format`) carries
+    one, and the host answers every error of that route with it: what the endpoint raised, an
+    unhandled exception (500), and what the host refuses before the endpoint runs (503 while
+    loading, 405, 408, 413). Keep the error's status and headers (`Retry-After`, `Allow`)."""
+
+    def __call__(self, error: HTTPError, /) -> Response: ...
+
+
 def error_response(error: HTTPError) -> Response:
-    """The error JSON for `error`: `{"error": {"status", "type", "message"[, "path"]}}`."""
-    detail = _ErrorDetail(status=error.status, type=error.type, message=error.message, path=error.path)
+    """The host's error JSON for `error`: `{"error": {"status", "type", "message"[, "path"]}}`."""
+    detail = ErrorDetail(status=error.status, type=error.type, message=error.message, path=error.path)
     return Response(
-        _json_encoder.encode(_ErrorBody(error=detail)),
+        _json_encoder.encode(Error(error=detail)),
         status=error.status,
         media_type="application/json",
         headers=error.headers,
     )
+
+
+def media_type(content_type: str | None, default: str = "application/json") -> str:
+    """The media type of a `Content-Type` value, lower-cased, without parameters (`default` if absent)."""
+    if not content_type:
+        return default
+    return content_type.partition(";")[0].strip().lower()
 
 
 class Request:

@@ -10,7 +10,7 @@ from types import TracebackType
 
 import anyio
 
-from ._resources import _deadline as deadline
+from ._clock import deadline
 
 __all__ = ["InFlight"]
 

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import anyio
 
+from ._clock import deadline
 from ._errors import HTTPError
 from ._health import Readiness, refusal
-from ._resources import _deadline as deadline
 
 __all__ = ["LazyStart", "spawn_detached"]
 

@@ -16,26 +16,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from ._driver import DriverError, LifespanFailed, LifespanSession, LifespanUnsupported, lifespan_scope
+from ._errors import SubAppLifespanError
 from ._resources import Resource
 from ._types import ASGIApp
+from ._view import HostView
 
-__all__ = ["LifespanUnsupported", "SubAppLifespan", "SubAppLifespanError", "drive_lifespan"]
+__all__ = ["LifespanUnsupported", "SubAppLifespan", "drive_lifespan"]
 
 logger = logging.getLogger("asgi_host")
 
 
-class SubAppLifespanError(Exception):
-    """A sub-app answered `.failed`, or raised once it had begun its lifespan."""
-
-    def __init__(self, phase: str, message: str, app_message: str | None = None) -> None:
-        self.phase = phase
-        self.app_message = app_message  # the app's own `.failed` message, if it sent one
-        super().__init__(message)
-
-    @classmethod
-    def of(cls, phase: str, error: DriverError) -> SubAppLifespanError:
-        answered = error.message if isinstance(error, LifespanFailed) and error.error is None else None
-        return cls(phase, f"it {error.reason}", answered)
+def _failed(phase: str, error: DriverError) -> SubAppLifespanError:
+    answered = error.message if isinstance(error, LifespanFailed) and error.error is None else None
+    return SubAppLifespanError(phase, f"it {error.reason}", answered)
 
 
 @asynccontextmanager
@@ -57,7 +50,7 @@ async def drive_lifespan(
     except LifespanUnsupported:
         raise
     except DriverError as exc:
-        raise SubAppLifespanError.of("startup", exc) from exc
+        raise _failed("startup", exc) from exc
     failure: DriverError | None = None
     try:
         yield
@@ -69,7 +62,7 @@ async def drive_lifespan(
         finally:
             await session.close(failure)
     if failure is not None:
-        raise SubAppLifespanError.of("shutdown", failure) from failure
+        raise _failed("shutdown", failure) from failure
 
 
 class SubAppLifespan(Resource):
@@ -82,7 +75,7 @@ class SubAppLifespan(Resource):
         super().__init__(self._lifespan, name=f"mount {prefix}")
 
     @asynccontextmanager
-    async def _lifespan(self, host: Any) -> AsyncIterator[None]:
+    async def _lifespan(self, host: HostView) -> AsyncIterator[None]:
         # `host.state` is shared: what the sub-app puts there reaches every request.
         try:
             async with drive_lifespan(self.app, host.state, label=f"mount {self.prefix}"):

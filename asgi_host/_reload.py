@@ -1,4 +1,4 @@
-"""Swapping a resource's value while the host serves: `host.reload(name)` and its admin route.
+"""Swapping a resource's value while the host serves: `host.reload(name)`.
 
 A resource that can be replaced in place (a `TorchModel` with new weights) has a `reload` method
 (the `Reloadable` protocol). It builds, loads and warms the new version while the old one keeps
@@ -15,93 +15,27 @@ the server copies from, and `host.state` (which batchers and mounts with a lifes
 request that copied its state just before the swap still holds the old handle; the old handle
 forwards passes asked for after it was retired to its successor, so such a request is answered by
 the new version instead of a 503.
-
-Every response of an endpoint that ran a model pass carries `x-model-version`: the handle records
-its version in a context variable of the request's task when it runs a pass (a batcher copies the
-versions of each batch's pass into the tasks of the requests it served), and the host adds the
-header when it sends the response.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import msgspec
 
-from ._errors import AsgiHostError, ClientDisconnect, HTTPError
-from ._http import Request, Response, error_response, settle_body
+from ._errors import ReloadError, ReloadInProgress
 from ._lifespan import LifespanPhase
 from ._resources import Resource
-from ._routing import route_path
-from ._types import Receive, Scope, Send
+from ._view import HostView
 
-
-class _Readiness(Protocol):
-    @property
-    def status(self) -> str: ...
-
-
-class HostView(Protocol):
-    """What the reloads read of the host (an `asgi_host.Host`), without importing it."""
-
-    @property
-    def resources(self) -> list[Resource]: ...
-
-    @property
-    def phase(self) -> LifespanPhase: ...
-
-    @property
-    def state(self) -> Mapping[str, Any]: ...
-
-    def readiness(self) -> _Readiness: ...
-
-
-__all__ = [
-    "ADMIN_PREFIX",
-    "MIN_TOKEN_LENGTH",
-    "VERSION_HEADER",
-    "ReloadError",
-    "ReloadInProgress",
-    "ReloadResult",
-    "Reloadable",
-    "Replacement",
-]
+__all__ = ["ReloadResult", "Reloadable", "Reloader", "Replacement"]
 
 logger = logging.getLogger("asgi_host.reload")
-
-VERSION_HEADER = "x-model-version"
-ADMIN_PREFIX = "/admin/models"
-MIN_TOKEN_LENGTH = 16
-MAX_ADMIN_BODY_BYTES = 64 * 1024
-
-
-class ReloadError(AsgiHostError):
-    """A reload was refused or failed; what serves is unchanged. `status` is the admin route's answer.
-
-    404: no resource of that name supports reloading; 409: the host is not ready, or a reload of
-    that resource is already running; 422: the new version failed to load or warm up.
-    """
-
-    def __init__(self, message: str, *, status: int = 422) -> None:
-        self.status = status
-        super().__init__(message)
-
-
-class ReloadInProgress(ReloadError):
-    """Another reload of the same resource is running (one at a time per resource)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, status=409)
 
 
 @dataclass(frozen=True)
@@ -129,7 +63,7 @@ class Reloadable(Protocol):
 
     name: str
 
-    async def reload(self, host: Any, **options: Any) -> Replacement: ...
+    async def reload(self, host: HostView, **options: Any) -> Replacement: ...
 
 
 class ReloadResult(msgspec.Struct):
@@ -144,57 +78,6 @@ class ReloadResult(msgspec.Struct):
     previous: str | None
     seconds: float
     swap_s: float
-
-
-# ---- x-model-version ----------------------------------------------------------------------------
-
-# The versions of the models whose passes ran for the current request (in its task's context).
-_used_versions: ContextVar[list[str] | None] = ContextVar("asgi_host_model_versions", default=None)
-
-
-def record_version(version: str | None) -> None:
-    """Note that a pass of the model at `version` ran for the current task's request."""
-    if version is None:
-        return
-    used = _used_versions.get()
-    if used is None:
-        _used_versions.set([version])
-    elif version not in used:
-        used.append(version)
-
-
-def record_versions(versions: list[str]) -> None:
-    for version in versions:
-        record_version(version)
-
-
-@contextmanager
-def collecting_versions() -> Iterator[list[str]]:
-    """The versions recorded inside the block (for a batcher: those of one batch's pass)."""
-    collected: list[str] = []
-    token = _used_versions.set(collected)
-    try:
-        yield collected
-    finally:
-        _used_versions.reset(token)
-
-
-def begin_request() -> None:
-    """A fresh list for this request: an earlier request served by the same task (the test kit,
-    a mount's response the host never stamps) leaves nothing behind, and tasks the handler starts
-    append to this one list instead of setting their own."""
-    _used_versions.set([])
-
-
-def stamp_version(response: Response) -> None:
-    """Add `x-model-version` to `response` when a model pass ran for this request."""
-    used = _used_versions.get()
-    if used:
-        response.headers.append((VERSION_HEADER.encode(), ", ".join(used).encode("latin-1")))
-    _used_versions.set(None)
-
-
-# ---- the swap -----------------------------------------------------------------------------------
 
 
 class Reloader:
@@ -270,118 +153,10 @@ class Reloader:
         No await here: no request can see one dict swapped and the other not.
         """
         items = value.items() if isinstance(value, Mapping) else [(name, value)]
-        state = cast(MutableMapping[str, Any], self._host.state)  # the host's own dict
+        state = self._host.state  # the host's own dict
         for key, new in items:
             old = state.get(key)
             state[key] = new
             server = self.server_state
             if server is not None and server is not state and server.get(key) is old:
                 server[key] = new
-
-
-# ---- the admin route ----------------------------------------------------------------------------
-
-
-class _ReloadBody(msgspec.Struct, forbid_unknown_fields=True):
-    weights: str | None = None
-
-
-_body_decoder = msgspec.json.Decoder(_ReloadBody)
-
-
-class AdminApp:
-    """`POST /admin/models/{name}/reload`, mounted by the host when it has an admin token.
-
-    A mounted app, not exact routes: every path under the prefix is authenticated first, so a
-    client without the token learns nothing, not even which models exist (401/403 before 404).
-    """
-
-    def __init__(self, reloader: Reloader, token: str, *, body_timeout_s: float | None = 10.0) -> None:
-        self._reloader = reloader
-        self._token = token.encode()
-        self._body_timeout_s = body_timeout_s
-
-    def __repr__(self) -> str:
-        return "AdminApp(token=<hidden>)"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        request = Request(
-            scope,
-            receive,
-            scope.get("state", {}),
-            max_body_bytes=MAX_ADMIN_BODY_BYTES,
-            body_timeout_s=self._body_timeout_s,
-        )
-        try:
-            response = await self._handle(request, route_path(scope))
-        except HTTPError as exc:
-            response = error_response(exc)
-        except ClientDisconnect:
-            return  # nobody to answer
-        await settle_body(response, request)  # a refusal before the body was read keeps the connection
-        await response.send(send, head=scope["method"] == "HEAD")
-
-    def _authenticate(self, request: Request) -> None:
-        header = request.headers.get("authorization")
-        if header is None:
-            raise HTTPError(
-                401,
-                "the admin routes need 'Authorization: Bearer <admin token>'",
-                type="unauthorized",
-                headers=[("www-authenticate", 'Bearer realm="asgi_host admin"')],
-            )
-        scheme, _, given = header.partition(" ")
-        # Constant time: the comparison takes as long whichever byte differs.
-        # The header arrived as latin-1 text: compare its bytes with the token's UTF-8 bytes.
-        given_bytes = given.strip().encode("latin-1")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, self._token):
-            raise HTTPError(403, "the admin token is wrong", type="forbidden")
-
-    async def _handle(self, request: Request, path: str) -> Response:
-        self._authenticate(request)
-        parts = path.strip("/").split("/")
-        if len(parts) != 2 or parts[1] != "reload" or not parts[0]:
-            raise HTTPError(404, f"no admin route {path!r}; POST {ADMIN_PREFIX}/<model>/reload")
-        name = parts[0]
-        try:
-            resource = self._reloader.find(name)
-        except ReloadError as exc:
-            raise HTTPError(404, str(exc)) from None
-        if request.method != "POST":
-            raise HTTPError(405, f"{path!r} takes POST", headers=[("allow", "POST")])
-        body = await request.body()
-        try:
-            options = _body_decoder.decode(body) if body.strip() else _ReloadBody()
-        except msgspec.ValidationError as exc:
-            raise HTTPError(422, f'the body is {{"weights": "<path>"}} or empty: {exc}') from None
-        except msgspec.DecodeError as exc:
-            raise HTTPError(400, f"malformed JSON body: {exc}") from None
-        kwargs: dict[str, Any] = {}
-        if options.weights is not None:
-            kwargs["weights"] = confine(options.weights, resource)
-        try:
-            result = await self._reloader.reload(name, kwargs)
-        except ReloadError as exc:
-            raise HTTPError(exc.status, str(exc), type="conflict" if exc.status == 409 else None) from None
-        return Response.json(result)
-
-
-def confine(weights: str, resource: Reloadable) -> Path:
-    """`weights` resolved (`..` and symlinks), refused with 403 unless under the resource's weights dir."""
-    root_of = getattr(resource, "reload_root", None)
-    root: Path | None = root_of() if callable(root_of) else None
-    if root is None:
-        raise HTTPError(403, f"{resource.name!r} has no weights directory: a weights path cannot be given")
-    if "\x00" in weights:
-        raise HTTPError(403, "the weights path is outside the model's weights directory")
-    candidate = Path(weights)
-    if not candidate.is_absolute():
-        candidate = root / candidate
-    resolved = Path(os.path.realpath(candidate))
-    if not resolved.is_relative_to(root):
-        raise HTTPError(
-            403, f"the weights path is outside the model's weights directory ({root}); put the file there"
-        )
-    return resolved

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import anyio
 from anyio.abc import TaskGroup
 
+from ._clock import deadline, wait_until
 from ._errors import ShutdownError, StartupError
 from ._types import State
 
@@ -190,9 +191,9 @@ class _Holder:
         # Cleanup runs to completion or to the shutdown deadline, shielded
         # from whoever cancels the lifespan task. Not released by `stop()`
         # (the lifespan task was cancelled): the shutdown timeout still applies.
-        deadline = self.exit_deadline if self._release.is_set() else _deadline(self._exit_timeout_s)
+        until = self.exit_deadline if self._release.is_set() else deadline(self._exit_timeout_s)
         self._scope.shield = True
-        self._scope.deadline = min(self._scope.deadline, deadline)
+        self._scope.deadline = min(self._scope.deadline, until)
         try:
             await self._cm.__aexit__(None, None, None)
         except BaseException as exc:
@@ -201,8 +202,8 @@ class _Holder:
         if self._scope.cancel_called:
             self.exit_timed_out = True
 
-    def release(self, deadline: float) -> None:
-        self.exit_deadline = deadline
+    def release(self, at: float) -> None:
+        self.exit_deadline = at
         self._release.set()
 
     def cancel(self) -> None:
@@ -286,7 +287,7 @@ class ResourceStack:
         assert not self._held, "resources are already started"
         self.state = {}
         self.progress.begin(len(self.resources))
-        deadline = _deadline(self.startup_timeout_s)
+        until = deadline(self.startup_timeout_s)
         for index, resource in enumerate(self.resources):
             self.progress.enter(resource.name, index)
             try:
@@ -295,9 +296,9 @@ class ResourceStack:
                 await self._fail_startup(f"resource {resource.name!r} failed to start: {_describe(exc)}", exc)
             task_group.start_soon(holder.run, name=f"asgi_host resource {resource.name}")
             self._held.append(holder)
-            if not await _wait(holder.settled, deadline):
+            if not await wait_until(holder.settled, until):
                 holder.cancel()
-                await _wait(holder.done, anyio.current_time() + _CANCEL_GRACE_S)
+                await wait_until(holder.done, anyio.current_time() + _CANCEL_GRACE_S)
                 await self._fail_startup(
                     f"resource {resource.name!r} did not start within startup_timeout_s="
                     f"{self.startup_timeout_s}: raise startup_timeout_s (None means no limit)"
@@ -337,7 +338,7 @@ class ResourceStack:
 
     async def stop(self) -> None:
         """Release entered resources in reverse order; try every one, then report all failures."""
-        deadline = _deadline(self.shutdown_timeout_s)
+        until = deadline(self.shutdown_timeout_s)
         failures: list[str] = []
         # Shielded: the release must happen even if whoever awaits us is cancelled.
         with anyio.CancelScope(shield=True):
@@ -347,11 +348,11 @@ class ResourceStack:
                 if not holder.entered:
                     # Still entering (a background load cut short by shutdown): stop it.
                     holder.cancel()
-                    if not await _wait(holder.done, anyio.current_time() + _CANCEL_GRACE_S):
+                    if not await wait_until(holder.done, anyio.current_time() + _CANCEL_GRACE_S):
                         failures.append(f"resource {name!r} is still starting (stuck in a thread?)")
                     continue
-                holder.release(deadline)
-                if not await _wait(holder.done, deadline + _CANCEL_GRACE_S):
+                holder.release(until)
+                if not await wait_until(holder.done, until + _CANCEL_GRACE_S):
                     holder.cancel()
                     failures.append(f"resource {name!r} is still shutting down (stuck in a thread?)")
                 elif holder.exit_timed_out:
@@ -364,13 +365,3 @@ class ResourceStack:
         self.state = {}
         if failures:
             raise ShutdownError("; ".join(failures))
-
-
-def _deadline(timeout_s: float | None) -> float:
-    return math.inf if timeout_s is None else anyio.current_time() + timeout_s
-
-
-async def _wait(event: anyio.Event, deadline: float) -> bool:
-    with anyio.CancelScope(deadline=deadline):
-        await event.wait()
-    return event.is_set()

@@ -1,48 +1,56 @@
-"""Exact-path routes and prefix mounts."""
+"""Routes (an exact path, or every path under a prefix) and mounts (a sub-app under a prefix)."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from ._errors import HTTPError
-from ._http import Request, Response
+from ._http import ErrorFormat, Request, Response
+from ._resources import Resource
 from ._types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["Dispatch", "Endpoint", "Match", "Mount", "Route", "Router", "route_path"]
+__all__ = [
+    "Adapter",
+    "Dispatch",
+    "Endpoint",
+    "Match",
+    "Mount",
+    "Route",
+    "Router",
+    "expand_routes",
+    "route_path",
+]
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 UNMATCHED = "unmatched"
 
 
-class Match(NamedTuple):
-    """What a request's path and method resolve to: an endpoint, a mount, or an error.
-
-    `label` names what matched, for metrics and logs: the route's path, the
-    mount's prefix, or `unmatched`. `path` is the path the router looked up (one
-    trailing slash removed when that names a route).
-    """
-
-    path: str
-    label: str
-    endpoint: Endpoint | None = None
-    mount: Mount | None = None
-    error: HTTPError | None = None  # 404 or 405 (with `Allow`)
-
-
-# What serves a resolved request; metrics wrap it (see `Metrics.wrap`).
-Dispatch = Callable[[Scope, Receive, Send, Match], Awaitable[None]]
-
-
 class Route:
-    """An exact path answered by `endpoint` for `methods` (HEAD comes with GET).
+    """A path answered by `endpoint` for `methods` (HEAD comes with GET; None: every method).
 
-    `endpoint` is `async def endpoint(request: Request) -> Response`.
+    `endpoint` is `async def endpoint(request: Request) -> Response`. With `prefix=True`
+    the route answers its path and every path under it (on a `/` boundary), after the
+    exact routes: a protocol's own 404 under its prefix, say. `error_format` is how the
+    host answers this route's errors, the ones it raises before the endpoint runs included
+    (default: the endpoint's `error_format` attribute, else the host's error JSON).
+    `resources` (a batcher, a startup check) start with the host after its own resources,
+    so after the model they use, and stop before it (default: the endpoint's `resources`
+    attribute, as a `StructEndpoint` has).
     """
 
-    def __init__(self, path: str, endpoint: Endpoint, *, methods: Iterable[str] = ("GET",)) -> None:
+    def __init__(
+        self,
+        path: str,
+        endpoint: Endpoint,
+        *,
+        methods: Iterable[str] | None = ("GET",),
+        prefix: bool = False,
+        error_format: ErrorFormat | None = None,
+        resources: Sequence[Resource] | None = None,
+    ) -> None:
         if not path.startswith("/"):
             raise ValueError(f"route path {path!r} must start with '/'")
         if not (
@@ -50,14 +58,28 @@ class Route:
             or inspect.iscoroutinefunction(type(endpoint).__call__)  # objects with an async __call__
         ):
             raise TypeError(f"endpoint for {path!r} must be an async function (async def endpoint(request))")
-        self.path = path
+        self.path = (path.rstrip("/") or "/") if prefix else path
         self.endpoint = endpoint
-        self.methods = frozenset(m.upper() for m in methods)
-        if not self.methods:
-            raise ValueError(f"route {path!r} needs at least one method")
+        self.prefix = prefix
+        self.methods = None if methods is None else frozenset(m.upper() for m in methods)
+        if self.methods is not None and not self.methods:
+            raise ValueError(f"route {path!r} needs at least one method (or methods=None for all)")
+        self.error_format: ErrorFormat | None = error_format or getattr(endpoint, "error_format", None)
+        self.resources: tuple[Resource, ...] = tuple(
+            getattr(endpoint, "resources", ()) if resources is None else resources
+        )
+
+    def allows(self, method: str) -> bool:
+        methods = self.methods
+        return methods is None or method in methods or (method == "HEAD" and "GET" in methods)
+
+    def matches(self, path: str) -> bool:
+        """For a prefix route: `path` is its path or under it."""
+        return path == self.path or path.startswith(self.path.rstrip("/") + "/")
 
     def __repr__(self) -> str:
-        return f"Route({self.path!r}, methods={sorted(self.methods)})"
+        methods = "all" if self.methods is None else sorted(self.methods)
+        return f"Route({self.path!r}, methods={methods}{', prefix=True' if self.prefix else ''})"
 
 
 class Mount:
@@ -68,16 +90,21 @@ class Mount:
     (the ASGI spec's rule, which Starlette sub-apps rely on). By default the
     sub-app receives no lifespan events; with `lifespan=True` the host runs
     the sub-app's lifespan as part of its own (after its resources, in mount
-    order; stopped before them, in reverse): see docs/mounts.md.
+    order; stopped before them, in reverse): see docs/mounts.md. `error_format`
+    is how the host answers for the mount when it refuses a request itself (503
+    while loading).
     """
 
-    def __init__(self, prefix: str, app: ASGIApp, *, lifespan: bool = False) -> None:
+    def __init__(
+        self, prefix: str, app: ASGIApp, *, lifespan: bool = False, error_format: ErrorFormat | None = None
+    ) -> None:
         prefix = prefix.rstrip("/")
         if not prefix.startswith("/"):
             raise ValueError(f"mount prefix {prefix!r} must start with '/' and not be the root")
         self.prefix = prefix
         self.app = app
         self.lifespan = lifespan
+        self.error_format = error_format
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
@@ -96,6 +123,55 @@ class Mount:
         return f"Mount({self.prefix!r}, {self.app!r})"
 
 
+@runtime_checkable
+class Adapter(Protocol):
+    """A protocol over a model (the classifier's /predict, KServe v2, OpenAI's routes): its routes.
+
+    The routes' endpoints carry the resources they need (a startup check, a batcher) and
+    the protocol's error format. `Host(routes=[...])` takes an adapter as it takes a route.
+    """
+
+    def routes(self) -> list[Route | Mount]: ...
+
+
+def expand_routes(items: Iterable[Route | Mount | Adapter]) -> list[Route | Mount]:
+    """Routes and mounts as given, an adapter's routes in its place."""
+    expanded: list[Route | Mount] = []
+    for item in items:
+        if isinstance(item, Route | Mount):
+            expanded.append(item)
+        elif isinstance(item, Adapter):
+            expanded.extend(item.routes())
+        else:
+            raise TypeError(f"routes take Route, Mount or an adapter with routes(), got {item!r}")
+    return expanded
+
+
+class Match(NamedTuple):
+    """What a request's path and method resolve to: a route, a mount, or an error.
+
+    `label` names what matched, for metrics and logs: the route's path, the mount's
+    prefix, or `unmatched`. `path` is the path the router looked up (one trailing
+    slash removed when that names a route). `error_format` is how errors of this
+    request are answered (None: the host's error JSON).
+    """
+
+    path: str
+    label: str
+    route: Route | None = None
+    mount: Mount | None = None
+    error: HTTPError | None = None  # 404 or 405 (with `Allow`)
+    error_format: ErrorFormat | None = None
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        return None if self.route is None else self.route.endpoint
+
+
+# What serves a resolved request; metrics wrap it (see `Metrics.wrap`).
+Dispatch = Callable[[Scope, Receive, Send, Match], Awaitable[None]]
+
+
 def route_path(scope: Scope) -> str:
     """The path relative to `root_path`, tolerating servers that leave `root_path` out of `path`."""
     path: str = scope["path"]
@@ -108,30 +184,51 @@ def route_path(scope: Scope) -> str:
 
 
 class Router:
-    """Looks a path up: exact routes first, then mounts, longest prefix first."""
+    """Looks a path up: exact routes first, then prefix routes and mounts, longest prefix first."""
 
     def __init__(self, routes: Sequence[Route | Mount] = ()) -> None:
-        self.paths: dict[str, dict[str, Endpoint]] = {}
-        self.mounts: list[Mount] = []
+        # Exact routes: path -> method -> route ("*": a route for every method). One dict
+        # lookup each per request.
+        self.paths: dict[str, dict[str, Route]] = {}
+        self.prefixed: list[Route | Mount] = []  # longest prefix first
         for item in routes:
             self.add(item)
 
+    @property
+    def mounts(self) -> list[Mount]:
+        return [item for item in self.prefixed if isinstance(item, Mount)]
+
+    @property
+    def routes(self) -> list[Route]:
+        """Every route once: exact ones by path, then prefix routes."""
+        seen: dict[int, Route] = {}
+        for path in sorted(self.paths):
+            for route in self.paths[path].values():
+                seen.setdefault(id(route), route)
+        exact = list(seen.values())
+        return exact + [item for item in self.prefixed if isinstance(item, Route)]
+
     def add(self, item: Route | Mount) -> None:
-        if isinstance(item, Mount):
-            if any(m.prefix == item.prefix for m in self.mounts):
-                raise ValueError(f"two mounts at {item.prefix!r}")
-            self.mounts.append(item)
-            self.mounts.sort(key=lambda m: len(m.prefix), reverse=True)
+        if isinstance(item, Mount) or item.prefix:
+            key = _prefix(item)
+            if any(_prefix(other) == key and _overlap(item, other) for other in self.prefixed):
+                raise ValueError(f"two mounts or prefix routes at {key!r}")
+            self.prefixed.append(item)
+            self.prefixed.sort(key=lambda other: len(_prefix(other)), reverse=True)
             return
         table = self.paths.setdefault(item.path, {})
-        taken = sorted(item.methods & table.keys())
+        methods = sorted(item.methods) if item.methods is not None else ["*"]
+        # A route for every method ("*") clashes with any other route of the path.
+        taken = sorted(table) if "*" in methods or "*" in table else [m for m in methods if m in table]
         if taken:
-            raise ValueError(f"two routes for {taken[0]} {item.path}")
-        for method in item.methods:
-            table[method] = item.endpoint
+            clash = next((m for m in taken if m != "*"), methods[0])
+            raise ValueError(f"two routes for {clash} {item.path}")
+        for method in methods:
+            table[method] = item
 
     def resolve(self, path: str, method: str) -> Match:
-        """The one lookup per request: exact route, else mount, else 404; 405 for a wrong method."""
+        """The one lookup per request: exact route, else prefix route or mount, else 404; 405 for a
+        method the path does not take."""
         table = self.paths.get(path)
         if table is None and len(path) > 1 and path.endswith("/") and path[:-1] in self.paths:
             # One trailing slash names the same route: Litestar, for one, hands a mounted app
@@ -139,30 +236,53 @@ class Router:
             path = path[:-1]
             table = self.paths[path]
         if table is not None:
-            endpoint = table.get(method) or (table.get("GET") if method == "HEAD" else None)
-            if endpoint is not None:
-                return Match(path, path, endpoint)
-            allowed = self.allowed(table)
-            error = HTTPError(
-                405,
-                f"method {method} is not allowed for {path!r}; allowed: {', '.join(allowed)}",
-                headers=[("allow", ", ".join(allowed))],
-            )
-            return Match(path, path, error=error)
-        mount = self.mount_for(path)
-        if mount is not None:
-            return Match(path, mount.prefix, mount=mount)
+            route = table.get(method) or table.get("*") or (table.get("GET") if method == "HEAD" else None)
+            if route is not None:
+                return Match(path, path, route, error_format=route.error_format)
+            routes = list(table.values())
+            error = _not_allowed(path, method, routes)
+            return Match(path, path, error=error, error_format=routes[0].error_format)
+        for item in self.prefixed:
+            if not item.matches(path):
+                continue
+            if isinstance(item, Mount):
+                return Match(path, item.prefix, mount=item, error_format=item.error_format)
+            if item.allows(method):
+                return Match(path, item.path, item, error_format=item.error_format)
+            error = _not_allowed(path, method, [item])
+            return Match(path, item.path, error=error, error_format=item.error_format)
         return Match(path, UNMATCHED, error=HTTPError(404, f"no route for {path!r}"))
 
     def mount_for(self, path: str) -> Mount | None:
-        for mount in self.mounts:
-            if mount.matches(path):
-                return mount
+        for item in self.prefixed:
+            if isinstance(item, Mount) and item.matches(path):
+                return item
         return None
 
     @staticmethod
-    def allowed(table: dict[str, Endpoint]) -> list[str]:
-        methods = set(table)
+    def allowed(routes: Iterable[Route]) -> list[str]:
+        methods: set[str] = set()
+        for route in routes:
+            methods |= route.methods or set()
         if "GET" in methods:
             methods.add("HEAD")
         return sorted(methods)
+
+
+def _prefix(item: Route | Mount) -> str:
+    return item.prefix if isinstance(item, Mount) else item.path
+
+
+def _overlap(item: Route | Mount, other: Route | Mount) -> bool:
+    if isinstance(item, Mount) or isinstance(other, Mount) or item.methods is None or other.methods is None:
+        return True
+    return bool(item.methods & other.methods)
+
+
+def _not_allowed(path: str, method: str, routes: list[Route]) -> HTTPError:
+    allowed = Router.allowed(routes)
+    return HTTPError(
+        405,
+        f"method {method} is not allowed for {path!r}; allowed: {', '.join(allowed)}",
+        headers=[("allow", ", ".join(allowed))],
+    )

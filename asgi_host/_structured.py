@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar, get_type_hints
 import msgspec
 
 from ._errors import HTTPError
-from ._http import Request, Response
+from ._http import Request, Response, media_type
 from ._resources import Resource
 
 __all__ = ["StructEndpoint"]
@@ -93,14 +93,14 @@ class StructEndpoint(Generic[T]):
         return encode(result, answer_type)
 
     def _decoder_for(self, content_type: str | None) -> Callable[[bytes], T]:
-        media_type = _media_type(content_type) if content_type else JSON
-        if media_type == JSON:
+        given = media_type(content_type)
+        if given == JSON:
             return self._json_decoder.decode
-        if media_type in MSGPACK_TYPES:
+        if given in MSGPACK_TYPES:
             return self._msgpack_decoder.decode
         raise HTTPError(
             415,
-            f"content type {media_type!r} is not supported; send {JSON} or {MSGPACK_TYPES[0]}",
+            f"content type {given!r} is not supported; send {JSON} or {MSGPACK_TYPES[0]}",
         )
 
 
@@ -187,7 +187,3 @@ def _quality(params: str) -> float:
             except ValueError:
                 return 0.0
     return 1.0
-
-
-def _media_type(content_type: str) -> str:
-    return content_type.partition(";")[0].strip().lower()

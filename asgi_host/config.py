@@ -31,19 +31,15 @@ import msgspec
 from ._batching import Batching
 from ._config import check_constraints
 from ._defaults import HostSettings
-from ._errors import AsgiHostError
+from ._errors import ConfigError
 
-__all__ = ["ConfigError", "HostConfig", "load_config"]
+__all__ = ["HostConfig", "load_config"]
 
 C = TypeVar("C", bound="HostConfig")
 
 _OFF = {"off", "false", "0", "no"}
 _ON = {"on", "true", "1", "yes"}
 _NONE = {"none", "null"}
-
-
-class ConfigError(AsgiHostError):
-    """A setting is unknown, of the wrong type, or out of range; the message names it."""
 
 
 class HostConfig(HostSettings, forbid_unknown_fields=True, kw_only=True, frozen=True):

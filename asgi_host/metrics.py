@@ -27,9 +27,9 @@ Each `Metrics` has its own registry, so several hosts (or tests) never clash.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from ._extras import raise_missing_extra
 
@@ -50,10 +50,12 @@ except ImportError as error:
     )
 
 from ._batching import Batcher
+from ._describe import SchemaOf, probe_operation
 from ._device import cuda_memory
 from ._http import Request, Response
 from ._routing import Dispatch, Match
 from ._types import Message, Receive, Scope, Send
+from ._view import HostView
 
 __all__ = ["Metrics"]
 
@@ -64,23 +66,6 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 def _cuda_bytes(key: str) -> float:
     return float((cuda_memory() or {}).get(key, 0))
-
-
-class _Readiness(Protocol):
-    @property
-    def status(self) -> str: ...
-
-
-class _Host(Protocol):
-    """What `attach` reads of the host (an `asgi_host.Host`)."""
-
-    @property
-    def in_flight(self) -> int: ...
-
-    @property
-    def resources(self) -> Iterable[Any]: ...
-
-    def readiness(self) -> _Readiness: ...
 
 
 class Metrics:
@@ -147,7 +132,7 @@ class Metrics:
         self.model_versions = _ModelVersions()  # version info and reload counts, read at each scrape
         r.register(self.model_versions)
 
-    def attach(self, host: _Host) -> None:
+    def attach(self, host: HostView) -> None:
         """Wire the gauges to `host` and its resources (the host calls this)."""
         self.in_flight.set_function(lambda: host.in_flight)
         self.ready.set_function(lambda: 1.0 if host.readiness().status == "ready" else 0.0)
@@ -218,8 +203,29 @@ class Metrics:
         count.inc()
         latency.observe(seconds)
 
-    async def endpoint(self, request: Request) -> Response:
+    @property
+    def endpoint(self) -> _MetricsEndpoint:
+        """`GET path`: the metrics in the Prometheus text format."""
+        return _MetricsEndpoint(self.registry)
+
+
+class _MetricsEndpoint:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    async def __call__(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi_operation(self, method: str, schema: SchemaOf) -> dict[str, Any]:
+        return probe_operation(
+            "Prometheus metrics (text exposition format).",
+            {
+                "200": {
+                    "description": "The metrics.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        )
 
 
 class _ModelVersions(Collector):

@@ -2,41 +2,37 @@
 
 ::
 
-    from asgi_host.model import TorchModel, classifier_endpoint
+    from asgi_host.model import Classifier, TorchModel
 
     model = TorchModel(IrisMLP, "weights.safetensors", warmup=torch.zeros(1, 4))
-    predict = classifier_endpoint(labels=["setosa", "versicolor", "virginica"], n_features=4)
-    app = Host(resources=[model], routes=[Route("/predict", predict, methods=["POST"])])
+    iris = Classifier(labels=["setosa", "versicolor", "virginica"], n_features=4)
+    app = Host(resources=[model], routes=[iris])
 
 `TorchModel` loads the model at startup and yields a `ModelHandle` into the
-state; `classifier_endpoint` is `POST /predict` for a classifier; the device
-helpers place a model and give CUDA memory back. This module only gathers
-them: `_torch_model` (the resource and the handle), `_classifier` (the
-endpoint), `_device` (devices and CUDA memory). See docs/model.md.
+state; `Classifier` is `POST /predict` for a classifier; the device helpers
+place a model and give CUDA memory back. This module only gathers them:
+`_torch_model` (the resource), `_loading` (loading one version: `ModelVersion`),
+`_handle` (`ModelHandle`), `_classifier` (the adapter), `_device` (devices and
+CUDA memory). See docs/model.md.
 """
 
 from __future__ import annotations
 
-from ._classifier import ClassifierOutput, classifier_endpoint
+from ._classifier import Classifier, ClassifierOutput
 from ._device import cuda_memory, release_cuda_memory, resolve_device
-from ._errors import ModelLoadError
-from ._torch_model import (
-    INLINE_THRESHOLD_S,
-    TIMED_PASSES,
-    Execution,
-    ModelHandle,
-    TorchModel,
-)
+from ._handle import ModelHandle
+from ._loading import INLINE_THRESHOLD_S, TIMED_PASSES, Execution, ModelVersion
+from ._torch_model import TorchModel
 
 __all__ = [
     "INLINE_THRESHOLD_S",
     "TIMED_PASSES",
+    "Classifier",
     "ClassifierOutput",
     "Execution",
     "ModelHandle",
-    "ModelLoadError",
+    "ModelVersion",
     "TorchModel",
-    "classifier_endpoint",
     "cuda_memory",
     "release_cuda_memory",
     "resolve_device",

@@ -16,20 +16,18 @@ with::
     openai = OpenAIEmbeddings(embed, model="my-model", dimensions=384, max_inputs=64, max_chars=2000)
     app = Host(resources=[...], routes=[*openai.routes()])
 
-Errors are OpenAI's error object, `{"error": {"message", "type", "param", "code"}}`:
-invalid requests are 400 (OpenAI answers 400 where the host's own routes answer
-422), an unknown model 404, a body over `max_body_bytes` 413, another content
-type than JSON 415, and the host's own 503/504 (queue full, out of memory,
-timeout) keep their status and `Retry-After`. Answers the host gives before the
-endpoint runs (503 while loading, 405, 404 for other paths) are the host's error
-JSON, which also has `error.message` and `error.type`. See docs/protocols.md.
+Every error of these routes is OpenAI's error object, `{"error": {"message", "type",
+"param", "code"}}`, the ones the host answers before the endpoint runs included (503
+while loading, 405, 408, 413): invalid requests are 400 (OpenAI answers 400 where the
+host's own routes answer 422), an unknown model 404, a body over `max_body_bytes` 413,
+another content type than JSON 415, and the host's own 503/504 (queue full, out of
+memory, timeout) keep their status and `Retry-After`. See docs/protocols.md.
 """
 
 from __future__ import annotations
 
 import array
 import base64
-import logging
 import math
 import re
 import sys
@@ -39,11 +37,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from ._errors import ClientDisconnect, HTTPError
-from ._http import Request, Response
+from ._errors import HTTPError, OpenAIError, openai_type
+from ._http import Request, Response, media_type
 from ._resources import Resource
-from ._routing import Route
-from ._structured import JSON, _media_type
+from ._routing import Mount, Route
+from ._structured import JSON
 
 __all__ = [
     "EmbedFn",
@@ -53,12 +51,9 @@ __all__ = [
     "Model",
     "ModelList",
     "OpenAIEmbeddings",
-    "OpenAIError",
     "Usage",
     "openai_error_response",
 ]
-
-logger = logging.getLogger("asgi_host")
 
 EmbedFn = Callable[[list[str], Request], Awaitable[tuple[Sequence[Sequence[float]], Sequence[int]]]]
 """`embed(texts, request) -> (vectors, token_counts)`: one vector and one token count per text, in order."""
@@ -117,33 +112,6 @@ class _ErrorBody(msgspec.Struct):
     error: _ErrorDetail
 
 
-class OpenAIError(HTTPError):
-    """An error answered in OpenAI's shape by the OpenAI routes.
-
-    `{"error": {"message": ..., "type": "invalid_request_error", "param": "input", "code": null}}`.
-    `param` names the request field at fault, `code` a machine-readable reason
-    (`model_not_found`, ...). Raised elsewhere it is an `HTTPError` like any other.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        super().__init__(status, message, type=type or _openai_type(status), headers=headers)
-        self.param = param
-        self.code = code
-
-
-def _openai_type(status: int) -> str:
-    return "invalid_request_error" if status < 500 else "server_error"
-
-
 _json_encoder = msgspec.json.Encoder()
 
 
@@ -157,7 +125,7 @@ def openai_error_response(error: HTTPError) -> Response:
         status, kind, param, code = error.status, error.type, error.param, error.code
     else:
         status = 400 if error.status == 422 else error.status
-        kind, param, code = _openai_type(status), None, error.type
+        kind, param, code = openai_type(status), None, error.type
     body = _ErrorBody(_ErrorDetail(message=error.message, type=kind, param=param, code=code))
     return Response(
         _json_encoder.encode(body), status=status, media_type="application/json", headers=error.headers
@@ -187,8 +155,8 @@ class OpenAIEmbeddings:
 
     `embed(texts, request)` returns one vector and one token count per text;
     `usage.prompt_tokens` is the sum of the counts, so count what the model saw
-    (after truncation). The object itself is the `POST` endpoint; `routes()`
-    gives all three routes under a prefix.
+    (after truncation). An adapter like `Classifier` and `KServe`: give it to the
+    host's `routes` (or take `routes()`); `prefix` is where its three routes live.
     """
 
     def __init__(
@@ -203,6 +171,7 @@ class OpenAIEmbeddings:
         created: int | None = None,
         owned_by: str = "asgi_host",
         resources: Sequence[Resource] = (),
+        prefix: str = "/v1",
     ) -> None:
         if not model or "?" in model or "#" in model:
             raise ValueError(f"model id {model!r} must be a non-empty path segment (no '?' or '#')")
@@ -218,15 +187,22 @@ class OpenAIEmbeddings:
         self.created = int(time.time()) if created is None else created
         self.owned_by = owned_by
         self.resources = tuple(resources)
+        self.prefix = prefix.rstrip("/")
         self._decoder = msgspec.json.Decoder(EmbeddingsRequest)
 
-    def routes(self, prefix: str = "/v1") -> list[Route]:
+    def routes(self) -> list[Route | Mount]:
         """`POST {prefix}/embeddings`, `GET {prefix}/models` and `GET {prefix}/models/{model}`."""
-        prefix = prefix.rstrip("/")
+        prefix, errors = self.prefix, openai_error_response
         return [
-            Route(f"{prefix}/embeddings", self, methods=["POST"]),
-            Route(f"{prefix}/models", self.list_models),
-            Route(f"{prefix}/models/{self.model}", self.retrieve_model),
+            Route(
+                f"{prefix}/embeddings",
+                self.create,
+                methods=["POST"],
+                error_format=errors,
+                resources=self.resources,
+            ),
+            Route(f"{prefix}/models", self.list_models, error_format=errors),
+            Route(f"{prefix}/models/{self.model}", self.retrieve_model, error_format=errors),
         ]
 
     def model_card(self) -> Model:
@@ -238,17 +214,11 @@ class OpenAIEmbeddings:
     async def retrieve_model(self, request: Request) -> Response:
         return Response.json(self.model_card())
 
-    async def __call__(self, request: Request) -> Response:
-        try:
-            return await self._embeddings(request)
-        except HTTPError as exc:
-            return openai_error_response(exc)
-
-    async def _embeddings(self, request: Request) -> Response:
-        content_type = request.headers.get("content-type")
-        media_type = _media_type(content_type) if content_type else JSON
-        if media_type != JSON:
-            raise OpenAIError(415, f"content type {media_type!r} is not supported; send application/json")
+    async def create(self, request: Request) -> Response:
+        """Creates an embedding vector for each input text (OpenAI's embeddings API)."""
+        given = media_type(request.headers.get("content-type"))
+        if given != JSON:
+            raise OpenAIError(415, f"content type {given!r} is not supported; send application/json")
         if self.max_body_bytes is not None:
             request.max_body_bytes = self.max_body_bytes
         body = self._decode(await request.body())
@@ -269,20 +239,11 @@ class OpenAIEmbeddings:
                 param="dimensions",
             )
         texts = self._texts(body.input)
-        try:
-            vectors, counts = await self.embed(texts, request)
-            data = self._encode(vectors, counts, len(texts), body.encoding_format)
-            tokens = sum(counts)
-            return Response.json(
-                EmbeddingsResponse(
-                    data=data, model=self.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-                )
-            )
-        except (HTTPError, ClientDisconnect):
-            raise
-        except Exception:  # a bug in embed (or what it returned): logged, and answered in OpenAI's shape
-            logger.exception("unhandled error in %s %s", request.method, request.path)
-            raise OpenAIError(500, "internal server error; the traceback is in the server log") from None
+        vectors, counts = await self.embed(texts, request)
+        data = self._encode(vectors, counts, len(texts), body.encoding_format)
+        tokens = sum(counts)
+        usage = Usage(prompt_tokens=tokens, total_tokens=tokens)
+        return Response.json(EmbeddingsResponse(data=data, model=self.model, usage=usage))
 
     def _decode(self, raw: bytes) -> EmbeddingsRequest:
         try:

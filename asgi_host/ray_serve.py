@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._batching import Batcher
+from ._errors import ReplicaUnhealthy
 from ._extras import raise_missing_extra
 from ._health import Readiness
 from ._types import ASGIApp
@@ -41,13 +42,9 @@ from ._types import ASGIApp
 if TYPE_CHECKING:
     from ray.serve import Deployment
 
-__all__ = ["ReplicaUnhealthy", "batching_advice", "deployment", "replica_health"]
+__all__ = ["batching_advice", "deployment", "replica_health"]
 
 logger = logging.getLogger("asgi_host")
-
-
-class ReplicaUnhealthy(RuntimeError):
-    """Raised from `check_health`: Ray marks the replica unhealthy and replaces it."""
 
 
 def replica_health(app: object) -> str | None:

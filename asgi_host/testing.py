@@ -11,7 +11,9 @@ and you get back the exact messages it sent::
             assert result.status == 200
         assert lifespan.transcript[-1] == ("send", {"type": "lifespan.shutdown.complete"})
 
-Works with apps nobody here wrote (FastAPI, Starlette, ...): see docs/testing.md.
+Works with apps nobody here wrote (FastAPI, Starlette, ...): see docs/testing.md. What the
+driver finds wrong with an app is raised as one of `asgi_host`'s errors: `LifespanFailed`,
+`LifespanUnsupported`, `AppTimeout`, `ProtocolViolation` (all `DriverError`s).
 """
 
 from __future__ import annotations
@@ -24,25 +26,13 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._driver import (
-    AppTimeout,
-    LifespanFailed,
-    LifespanSession,
-    LifespanUnsupported,
-    ProtocolViolation,
-    Transcript,
-    lifespan_scope,
-)
+from ._driver import AppTimeout, LifespanSession, ProtocolViolation, Transcript, lifespan_scope
 from ._errors import AsgiHostError
 from ._types import ASGIApp, Message, Scope, State
 
 __all__ = [
-    "AppTimeout",
     "HTTPResult",
     "LifespanDriver",
-    "LifespanFailed",
-    "LifespanUnsupported",
-    "ProtocolViolation",
     "Transcript",
     "call",
     "http_scope",
@@ -67,6 +57,24 @@ class HTTPResult:
 
     def json(self) -> Any:
         return msgspec.json.decode(self.body)
+
+    @classmethod
+    def of(cls, transcript: Transcript) -> HTTPResult:
+        """The response an HTTP transcript holds (from `call`, say)."""
+        status: int | None = None
+        headers: list[tuple[str, str]] = []
+        body: list[bytes] = []
+        for direction, message in transcript:
+            if direction != "send":
+                continue
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [
+                    (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in message.get("headers", [])
+                ]
+            elif message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+        return cls(status, headers, b"".join(body), transcript)
 
 
 def http_scope(
@@ -194,21 +202,7 @@ async def request(
         root_path=root_path,
         state=state,
     )
-    transcript = await call(app, scope, messages, timeout_s=timeout_s)
-    status: int | None = None
-    response_headers: list[tuple[str, str]] = []
-    body_parts: list[bytes] = []
-    for direction, message in transcript:
-        if direction != "send":
-            continue
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            response_headers = [
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in message.get("headers", [])
-            ]
-        elif message["type"] == "http.response.body":
-            body_parts.append(message.get("body", b""))
-    return HTTPResult(status, response_headers, b"".join(body_parts), transcript)
+    return HTTPResult.of(await call(app, scope, messages, timeout_s=timeout_s))
 
 
 class _ResponseChecker:

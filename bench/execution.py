@@ -4,7 +4,7 @@
     python -m bench.execution --widths 64 512 -c 32 -d 5
 
 A stand-in model whose forward pass is one square matmul (`--widths`: its
-size sets the pass time) serves `POST /predict` through `classifier_endpoint`
+size sets the pass time) serves `POST /predict` through `Classifier`
 under hypercorn, once with `execution="inline"` and once with `"thread"`, and
 wrk loads it. The pass time is what `TorchModel` measures at startup (its
 `/readyz` detail), so the table reads as "at this measured pass time, which
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from asgi_host import Host, Route
-from asgi_host.model import TorchModel, classifier_endpoint
+from asgi_host.model import Classifier, TorchModel
 from bench.batching import wrk
 from bench.http import serve, stop
 
@@ -43,7 +43,8 @@ class Spin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         work = self.square(self.square.weight)  # a width x width matmul: the pass grows as width^3
-        return self.down(torch.relu(self.up(x)) @ work.T / self.width)
+        out: torch.Tensor = self.down(torch.relu(self.up(x)) @ work.T / self.width)
+        return out
 
 
 def make_app() -> Host:
@@ -57,7 +58,7 @@ def make_app() -> Host:
         warmup=torch.zeros(1, 4),
         execution=execution,  # type: ignore[arg-type]
     )
-    endpoint = classifier_endpoint(labels=["a", "b", "c"], n_features=4)
+    endpoint = Classifier(labels=["a", "b", "c"], n_features=4).endpoint
     return Host(resources=[model], routes=[Route("/predict", endpoint, methods=["POST"])])
 
 

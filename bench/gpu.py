@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +281,7 @@ def compiled(device: str, repeats: int = 200) -> dict[str, Any]:
         )
     results: dict[str, Any] = {}
     for case, build, weights, call in cases:
-        module, _, _ = TorchModel(build, weights, device=device).load()
+        module, _ = TorchModel(build, weights, device=device).load()
         reference: torch.Tensor | None = None
         for mode, options in modes:
             torch._dynamo.reset()
@@ -292,10 +293,10 @@ def compiled(device: str, repeats: int = 200) -> dict[str, Any]:
                     torch.cuda.synchronize()
                 first_s = time.perf_counter() - started
                 call(runner)  # reduce-overhead records its graph on the second call
-                p50, p99, out = _timed(lambda r=runner, c=call: c(r), repeats)
+                p50, p99, out = _timed(partial(call, runner), repeats)
             if reference is None:
                 reference = out
-            row = {
+            row: dict[str, Any] = {
                 "first_call_s": first_s,
                 "p50_us": p50 * 1e6,
                 "p99_us": p99 * 1e6,
@@ -348,7 +349,7 @@ async def served(device: str, repeats: int = 200) -> dict[str, Any]:
     modes = ["off", "default"] + (["reduce-overhead"] if device == "cuda" else [])
     rows: dict[str, Any] = {}
     reference: dict[str, Any] = {}
-    cases: list[tuple[str, Callable[[str], Host], str, Callable[[int], Any]]] = [
+    cases: list[tuple[str, Callable[[Any], Host], str, Callable[[int], Any]]] = [
         ("Iris", lambda m: make_iris(IrisConfig(device=device, metrics=False, compile=m)), "/predict",
          lambda i: {"inputs": [[5.1, 3.5, 1.4, 0.2 + i % 7 * 0.1]]}),
         ("MiniLM", lambda m: make_embed(EmbedConfig(device=device, compile=m)), "/embed",
@@ -429,7 +430,8 @@ def oom(device: str) -> dict[str, Any]:
     """A real out-of-memory in a MiniLM pass, then halves of the batch, then one row."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA"}
-    module, dev, _ = TorchModel(MiniLM, model_dir() / "model.safetensors", device=device).load()
+    module, loaded = TorchModel(MiniLM, model_dir() / "model.safetensors", device=device).load()
+    dev = loaded.device
     tokenizer = load_tokenizer(256)
     long_text = " ".join([SENTENCE] * 30)  # truncated at 256 tokens
     report: dict[str, Any] = {"load": _oom_at_load(device)}

@@ -158,7 +158,7 @@ def main() -> None:
                 {"replicas": replicas, "ready_s": ready_s, "delete_s": time.perf_counter() - started}
             )
     finally:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
 
     print("\n| replicas | serve.run to ready, s | serve.delete (drain + shutdown), s |\n|---|---|---|")

@@ -26,8 +26,8 @@ import torch
 
 from asgi_host import Host, Request, Response, Route
 from asgi_host.config import HostConfig, load_config
-from asgi_host.kserve import TensorSpec, V2Model, kserve_routes
-from asgi_host.model import TorchModel, classifier_endpoint
+from asgi_host.kserve import KServe, TensorSpec, V2Model
+from asgi_host.model import Classifier, TorchModel
 
 from ._compile import CompileMode, compile_setting
 from .iris import FEATURES, LABELS, WEIGHTS, IrisMLP
@@ -78,7 +78,7 @@ def make_app(config: IrisConfig | None = None) -> Host:
         if config.batching
         else (),
     )
-    predict = classifier_endpoint(
+    predict = Classifier(
         labels=LABELS,
         n_features=len(FEATURES),
         model="model",
@@ -98,7 +98,7 @@ def make_app(config: IrisConfig | None = None) -> Host:
     )
     return Host(
         resources=[model],
-        routes=[Route("/", index), Route("/predict", predict, methods=["POST"]), *kserve_routes(iris)],
+        routes=[Route("/", index), predict, KServe(iris)],
         metrics=_metrics() if config.metrics else None,
         **config.host_kwargs(),
     )

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -35,18 +34,17 @@ import torch
 from torch import nn
 
 from asgi_host import (
-    Batcher,
     Batching,
     Host,
     HTTPError,
-    OutOfMemory,
     Request,
     Resource,
     Route,
+    Rows,
     StructEndpoint,
 )
 from asgi_host.config import HostConfig, load_config
-from asgi_host.model import ModelHandle, TorchModel
+from asgi_host.model import TorchModel
 from asgi_host.openai_embeddings import OpenAIEmbeddings
 
 from ._compile import CompileMode, compile_setting
@@ -89,14 +87,6 @@ def _forward(module: nn.Module, texts: list[str], tokenizer: Any, device: torch.
     return [vector for vector, _ in _forward_counted(module, texts, tokenizer, device)]
 
 
-async def _embed(state: Mapping[str, Any], texts: list[str]) -> list[tuple[list[float], int]]:
-    handle: ModelHandle = state["model"]
-    result: list[tuple[list[float], int]] = await handle.run(
-        _forward_counted, texts, state["tokenizer"], handle.device
-    )
-    return result
-
-
 def make_app(config: EmbedConfig | None = None) -> Host:
     config = config or EmbedConfig()
     text = Annotated[str, msgspec.Meta(min_length=1, max_length=config.max_chars)]
@@ -105,17 +95,20 @@ def make_app(config: EmbedConfig | None = None) -> Host:
         [("texts", Annotated[list[text], msgspec.Meta(min_length=1)])],
         forbid_unknown_fields=True,
     )
-    batcher = Batcher(_embed, config.batching, name="model batcher") if config.batching else None
+
+    def tokenizer() -> None:
+        load_tokenizer(config.max_tokens)  # at startup: a missing tokenizer.json fails it, with the path
+
+    def forward(
+        module: nn.Module, texts: list[str], device: torch.device, dtype: torch.dtype
+    ) -> list[tuple[list[float], int]]:
+        return _forward_counted(module, texts, load_tokenizer(config.max_tokens), device)  # cached
+
+    rows: Rows[str, tuple[list[float], int]] = Rows(forward, batching=config.batching)
 
     async def run(texts: list[str], request: Request) -> tuple[list[list[float]], list[int]]:
         """The vectors and token counts of `texts`: one pass of the model, or through the batcher."""
-        if batcher:
-            pairs = await batcher.submit(texts, request)
-        else:
-            try:
-                pairs = await _embed(request.state, texts)
-            except OutOfMemory as exc:
-                raise exc.for_rows(len(texts)) from None
+        pairs = await rows.run(texts, request)
         return [vector for vector, _ in pairs], [tokens for _, tokens in pairs]
 
     async def embed(body: Any, request: Request) -> Embeddings:
@@ -128,9 +121,6 @@ def make_app(config: EmbedConfig | None = None) -> Host:
                 raise HTTPError(422, "the model's output for this text is not finite", path=f"$.texts[{i}]")
         return Embeddings(vectors)
 
-    def tokenizer() -> dict[str, Any]:
-        return {"tokenizer": load_tokenizer(config.max_tokens)}
-
     def warmup(module: nn.Module, rows: int | None = None) -> None:
         # One short text; with a batch size (compiled), that many texts of the longest length.
         texts = ["warm up"] if rows is None else ["warm up " * config.max_tokens] * rows
@@ -138,7 +128,7 @@ def make_app(config: EmbedConfig | None = None) -> Host:
 
     largest = config.batching.max_batch_rows if config.batching else config.max_texts
 
-    endpoint = StructEndpoint(embed, request_type, resources=[batcher] if batcher else [])
+    endpoint = StructEndpoint(embed, request_type, resources=rows.resources)
     # OpenAI's embeddings API over the same model and batcher (the batcher starts with /embed's endpoint).
     openai = OpenAIEmbeddings(
         run,
@@ -160,7 +150,7 @@ def make_app(config: EmbedConfig | None = None) -> Host:
                 warmup_batch_sizes=(1, largest) if config.compile != "off" else (),
             ),
         ],
-        routes=[Route("/embed", endpoint, methods=["POST"]), *openai.routes()],
+        routes=[Route("/embed", endpoint, methods=["POST"]), openai],
         **config.host_kwargs(),
     )
 

@@ -13,7 +13,11 @@ shutdown. Quart is a dependency of this example only.
 
 from __future__ import annotations
 
+from typing import cast
+
 from quart import Quart
+
+from asgi_host.types import ASGIApp
 
 from .app import IrisConfig, make_app
 
@@ -37,4 +41,4 @@ async def hello() -> dict[str, str]:
 
 
 app = make_app(IrisConfig(metrics=False))
-app.mount("/quart", quart, lifespan=True)
+app.mount("/quart", cast(ASGIApp, quart), lifespan=True)

@@ -6,8 +6,8 @@ hypercorn examples.own_model:app      # from the repository root (the weights pa
 import torch
 from torch import nn
 
-from asgi_host import Host, Route
-from asgi_host.model import TorchModel, classifier_endpoint
+from asgi_host import Host
+from asgi_host.model import Classifier, TorchModel
 
 
 class MyNet(nn.Module):
@@ -29,5 +29,5 @@ WEIGHTS = "examples/mynet.safetensors"
 
 app = Host(
     resources=[TorchModel(MyNet, WEIGHTS, device="auto", warmup=torch.zeros(1, 8))],
-    routes=[Route("/predict", classifier_endpoint(labels=["cat", "dog"], n_features=8), methods=["POST"])],
+    routes=[Classifier(labels=["cat", "dog"], n_features=8)],
 )

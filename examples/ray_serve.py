@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C kills at once
         print("stopping: each replica drains and runs lifespan.shutdown", flush=True)
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from asgi_host import Batching, Host, Request, Response, Route
-from asgi_host.model import ModelHandle, TorchModel, classifier_endpoint
+from asgi_host.model import Classifier, ModelHandle, ModelVersion, TorchModel
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
 
 
@@ -64,8 +64,8 @@ class SlowIris(IrisMLP):
 class LoggedModel(TorchModel):
     """Logs the release, so a test can check it came after the last forward pass."""
 
-    def _release(self, device: torch.device) -> None:
-        super()._release(device)
+    def _free(self, loaded: ModelVersion, final: bool) -> None:
+        super()._free(loaded, final)
         _log("model released")
 
 
@@ -75,7 +75,7 @@ def _slow_build() -> nn.Module:
 
 
 def _predict_app(*, background: bool, batching: Batching | None) -> Host:
-    predict = classifier_endpoint(labels=LABELS, n_features=len(FEATURES), batching=batching)
+    predict = Classifier(labels=LABELS, n_features=len(FEATURES), batching=batching).endpoint
 
     async def logged_predict(request: Request) -> Response:
         _log("request received")

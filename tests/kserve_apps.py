@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from asgi_host import Host
-from asgi_host.kserve import TensorSpec, V2Model, kserve_routes
+from asgi_host.kserve import KServe, TensorSpec, V2Model
 from asgi_host.model import TorchModel
 
 ECHO_TYPES = ("BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
@@ -39,5 +39,5 @@ text = V2Model(
 
 app = Host(
     resources=[TorchModel(nn.Identity, None, name="model")],
-    routes=kserve_routes(*(_echo(datatype) for datatype in ECHO_TYPES), text),
+    routes=KServe(*(_echo(datatype) for datatype in ECHO_TYPES), text).routes(),
 )

@@ -9,10 +9,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from asgi_host import Batcher, Batching, Host
+from asgi_host import Batcher, Batching, ConfigError, Host
+from asgi_host._admin import MIN_TOKEN_LENGTH
 from asgi_host._defaults import HostSettings
-from asgi_host._reload import MIN_TOKEN_LENGTH
-from asgi_host.config import ConfigError, HostConfig, load_config
+from asgi_host.config import HostConfig, load_config
 from examples.app import IrisConfig, make_app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from asgi_host import Host, HTTPError, LifespanPhase, StartupError
-from asgi_host.testing import LifespanDriver, LifespanFailed
-from asgi_host.types import Message, Receive, Scope, Send
+from asgi_host import Host, HTTPError, LifespanFailed, LifespanPhase, StartupError
+from asgi_host.testing import LifespanDriver
+from asgi_host.types import ASGIApp, Message, Receive, Scope, Send
 from examples import embed_fastapi, embed_starlette
 from examples.app import IrisConfig, make_app
 from tests._server import free_port, hypercorn_command, run_server
@@ -32,7 +32,7 @@ async def test_parent_lifespan_starts_and_stops_the_mounted_host(parent: Any) ->
     assert predicted.json()["labels"] == ["setosa"]
     assert ready.json()["status"] == "ready"
     assert ready.json()["resources"]["model"]["execution"] == "inline"  # the Iris pass is that short
-    assert parent.host.phase is LifespanPhase.STOPPED
+    assert parent.host.phase.value == LifespanPhase.STOPPED.value  # mypy narrowed the phase earlier
     with pytest.raises(HTTPError, match="released"):
         _ = handle.module
 
@@ -128,7 +128,7 @@ async def test_lifespan_context_directly_and_no_double_start() -> None:
         with pytest.raises(StartupError, match="in state 'started'"):
             async with host.lifespan():
                 pass
-    assert host.phase is LifespanPhase.STOPPED
+    assert host.phase.value == LifespanPhase.STOPPED.value
 
 
 @pytest.mark.server
@@ -148,7 +148,7 @@ def test_fastapi_parent_under_hypercorn(tmp_path: Path) -> None:
 async def test_litestar_mounts_and_starts_the_host() -> None:
     from examples import embed_litestar
 
-    async with LifespanDriver(embed_litestar.app) as lifespan:
+    async with LifespanDriver(cast(ASGIApp, embed_litestar.app)) as lifespan:
         assert embed_litestar.host.phase is LifespanPhase.STARTED
         predicted = await lifespan.request("POST", "/model/predict", json=ROW)  # /predict/ inside
         ready = await lifespan.request("GET", "/model/readyz")
@@ -158,7 +158,7 @@ async def test_litestar_mounts_and_starts_the_host() -> None:
     assert ready.json()["status"] == "ready"
     assert ready.json()["resources"]["model"]["execution"] == "inline"  # the Iris pass is that short
     assert hello.json() == {"hello": "from Litestar"}
-    assert embed_litestar.host.phase is LifespanPhase.STOPPED
+    assert embed_litestar.host.phase.value == LifespanPhase.STOPPED.value  # mypy narrowed the phase earlier
 
 
 @pytest.mark.anyio

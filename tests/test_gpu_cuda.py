@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from asgi_host import Batching, Host, Route
-from asgi_host.model import ModelHandle, TorchModel, classifier_endpoint, release_cuda_memory
-from asgi_host.testing import LifespanDriver, LifespanFailed
+from asgi_host import Batching, Host, LifespanFailed, Route
+from asgi_host.model import Classifier, ModelHandle, TorchModel, release_cuda_memory
+from asgi_host.testing import LifespanDriver
 from examples.iris import LABELS, WEIGHTS, IrisMLP, load_dataset
 
 pytestmark = [pytest.mark.cuda, pytest.mark.anyio]
@@ -64,9 +64,9 @@ def filled_leaving(free_bytes: int) -> Iterator[None]:
 
 async def test_real_out_of_memory_in_a_batch_is_split_and_memory_comes_back(baseline: int) -> None:
     inputs, _ = load_dataset()
-    endpoint = classifier_endpoint(
+    endpoint = Classifier(
         labels=LABELS, n_features=4, batching=Batching(max_batch_rows=64, max_wait_s=0.05)
-    )
+    ).endpoint
     host = Host(
         resources=[TorchModel(Hungry, None, device="cuda")],
         routes=[Route("/predict", endpoint, methods=["POST"])],
@@ -122,7 +122,7 @@ async def test_compiled_with_cuda_graphs_answers_like_eager_and_frees_its_graphs
             warmup_batch_sizes=[1, 150],
             compile=compile,
         )
-        endpoint = classifier_endpoint(labels=LABELS, n_features=4)
+        endpoint = Classifier(labels=LABELS, n_features=4).endpoint
         routes = [Route("/predict", endpoint, methods=["POST"])]
         host = Host(resources=[model], routes=routes, startup_timeout_s=300)
         async with LifespanDriver(host, startup_timeout_s=600) as lifespan:

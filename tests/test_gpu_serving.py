@@ -12,7 +12,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from asgi_host import Batching, Host, OutOfMemory, Route
+from asgi_host import Batching, Host, LifespanFailed, OutOfMemory, Route
 from asgi_host.metrics import Metrics
-from asgi_host.model import ModelHandle, TorchModel, classifier_endpoint
-from asgi_host.testing import LifespanDriver, LifespanFailed
+from asgi_host.model import Classifier, ModelHandle, TorchModel
+from asgi_host.testing import LifespanDriver
 from examples.iris import LABELS, WEIGHTS, IrisMLP, load_dataset
 
 pytestmark = pytest.mark.anyio
@@ -53,7 +53,7 @@ class RunsOutAbove(nn.Module):
 
 
 def predict_host(model: nn.Module, batching: Batching | None, **kwargs: Any) -> Host:
-    endpoint = classifier_endpoint(labels=LABELS, n_features=4, batching=batching)
+    endpoint = Classifier(labels=LABELS, n_features=4, batching=batching).endpoint
     return Host(
         resources=[TorchModel(lambda: model, None, device="cpu", **kwargs)],
         routes=[Route("/predict", endpoint, methods=["POST"])],
@@ -63,7 +63,8 @@ def predict_host(model: nn.Module, batching: Batching | None, **kwargs: Any) -> 
 
 def expected(model: nn.Module, rows: list[list[float]]) -> list[list[float]]:
     with torch.inference_mode():
-        out: list[list[float]] = torch.softmax(model.linear(torch.tensor(rows)), dim=-1).tolist()
+        linear: nn.Module = cast(Any, model).linear
+        out: list[list[float]] = torch.softmax(linear(torch.tensor(rows)), dim=-1).tolist()
     return out
 
 
@@ -179,7 +180,7 @@ async def test_out_of_memory_while_loading_fails_startup_and_keeps_nothing() -> 
 
 async def test_the_classifier_checks_the_model_output_at_startup() -> None:
     # Iris returns 3 columns; an endpoint with 2 labels must not start.
-    endpoint = classifier_endpoint(labels=["cat", "dog"], n_features=4)
+    endpoint = Classifier(labels=["cat", "dog"], n_features=4).endpoint
     host = Host(
         resources=[TorchModel(IrisMLP, WEIGHTS)], routes=[Route("/predict", endpoint, methods=["POST"])]
     )
@@ -264,7 +265,7 @@ async def test_compiled_model_answers_like_eager_and_the_first_request_needs_no_
         )
         host = Host(
             resources=[model],
-            routes=[Route("/predict", classifier_endpoint(labels=LABELS, n_features=4), methods=["POST"])],
+            routes=[Route("/predict", Classifier(labels=LABELS, n_features=4).endpoint, methods=["POST"])],
             startup_timeout_s=300,  # the first compile in a process on a GPU machine took over 60 s
         )
         original = host.progress.report

@@ -13,7 +13,7 @@ from torch import nn
 
 from asgi_host import Host, Mount, Request, Response, Route, StartupError
 from asgi_host._types import Message
-from asgi_host.model import TorchModel, classifier_endpoint
+from asgi_host.model import Classifier, TorchModel
 from asgi_host.testing import LifespanDriver, lifespan_scope, request
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
 from tests._wait import until
@@ -51,7 +51,7 @@ async def test_livez_always_answers_and_readyz_says_not_started() -> None:
 
 
 async def test_readyz_reports_loading_with_progress_during_a_foreground_startup() -> None:
-    gate, events = anyio.Event(), []
+    gate, events = anyio.Event(), list[str]()
     host = Host(resources=[gated_resource(gate, events)], routes=[Route("/use", use_model)])
     sent: list[Message] = []
     shutdown = anyio.Event()
@@ -85,7 +85,7 @@ async def test_readyz_reports_loading_with_progress_during_a_foreground_startup(
 
 
 async def test_background_startup_serves_health_at_once_and_503s_until_ready() -> None:
-    gate, events = anyio.Event(), []
+    gate, events = anyio.Event(), list[str]()
     host = Host(
         resources=[gated_resource(gate, events)], routes=[Route("/use", use_model)], background_startup=True
     )
@@ -107,7 +107,7 @@ async def test_background_startup_serves_health_at_once_and_503s_until_ready() -
 
 
 async def test_background_failure_is_reported_and_predict_keeps_answering_503() -> None:
-    gate, events = anyio.Event(), []
+    gate, events = anyio.Event(), list[str]()
     failures: list[StartupError] = []
     host = Host(
         resources=[gated_resource(gate, events, fail=True)],
@@ -132,7 +132,7 @@ async def test_background_failure_is_reported_and_predict_keeps_answering_503() 
 
 
 async def test_shutdown_during_a_background_load_cancels_it() -> None:
-    gate, events = anyio.Event(), []
+    gate, events = anyio.Event(), list[str]()
     host = Host(resources=[gated_resource(gate, events)], background_startup=True)
     with anyio.fail_after(5):
         async with LifespanDriver(host) as lifespan:
@@ -148,7 +148,7 @@ async def test_background_torch_model_reports_its_stages_and_becomes_ready() -> 
         proceed.wait(10)
         return IrisMLP()
 
-    endpoint = classifier_endpoint(labels=LABELS, n_features=len(FEATURES))
+    endpoint = Classifier(labels=LABELS, n_features=len(FEATURES)).endpoint
     host = Host(
         resources=[TorchModel(slow_build, WEIGHTS)],
         routes=[Route("/predict", endpoint, methods=["POST"])],

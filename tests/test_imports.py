@@ -11,24 +11,48 @@ PACKAGE = Path(asgi_host.__file__).parent
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Each module of the package and the package modules it imports, anywhere in its source."""
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    """Each module of the package (dotted, under `asgi_host`: `_host`, `kserve._model`) and the
+    package modules it imports, anywhere in its source; importing a submodule imports its package."""
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        names[".".join(parts)] = path
     graph: dict[str, set[str]] = {}
-    for name in modules:
+    for name, path in names.items():
+        package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+        if name == "__init__":
+            package = []
         imported: set[str] = set()
-        for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                if node.level == 1:
-                    first = node.module.split(".")[0] if node.module else None
-                    imported.update([first] if first else (alias.name for alias in node.names))
+                if node.level:
+                    base = package[: len(package) - (node.level - 1)]
+                    targets = (
+                        [[*base, *node.module.split(".")]]
+                        if node.module
+                        else [[*base, a.name] for a in node.names]
+                    )
                 elif node.module and node.module.split(".")[0] == "asgi_host":
-                    parts = node.module.split(".")
-                    imported.update(parts[1:2] if len(parts) > 1 else (alias.name for alias in node.names))
+                    parts = node.module.split(".")[1:]
+                    targets = [parts] if parts else [[a.name] for a in node.names]
+                else:
+                    continue
             elif isinstance(node, ast.Import):
+                targets = [a.name.split(".")[1:] for a in node.names if a.name.startswith("asgi_host.")]
+            else:
+                continue
+            for target in targets:
+                # `asgi_host.kserve._model` imports `kserve` (its __init__) first, then `kserve._model`;
+                # a module's own package is already being imported when it runs.
+                ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
                 imported.update(
-                    alias.name.split(".")[1] for alias in node.names if alias.name.startswith("asgi_host.")
+                    module
+                    for module in (".".join(target[:i]) for i in range(1, len(target) + 1))
+                    if module not in ancestors
                 )
-        graph[name] = {module for module in imported if module in modules and module != name}
+        graph[name] = {module for module in imported if module in names and module != name}
     return graph
 
 
@@ -69,3 +93,5 @@ def test_the_cycle_finder_finds_one() -> None:
     graph = import_graph()
     assert "_errors" in graph["_host"]  # the parser sees relative imports
     assert graph["__init__"] >= {"_host", "_routing"}
+    assert graph["kserve._model"] >= {"_errors", "kserve._tensors"}  # a subpackage's, both levels
+    assert graph["kserve"] >= {"kserve._model", "kserve._routes"}

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 import asgi_host
-from asgi_host import Batching, Host, Route
-from asgi_host.kserve import TensorSpec, V2Model, kserve_routes
+from asgi_host import Batching, Host, LifespanFailed, Route
+from asgi_host.kserve import KServe, TensorSpec, V2Model
 from asgi_host.model import TorchModel
-from asgi_host.testing import HTTPResult, LifespanDriver, LifespanFailed
+from asgi_host.testing import HTTPResult, LifespanDriver
 from examples.app import IrisConfig, make_app
 from tests.test_doc_snippets import python_block
 
@@ -32,7 +32,7 @@ def host_with(*models: V2Model, dtype: torch.dtype | None = None, **host_kwargs:
     """A host whose model hands its input back (its dtype: what FP32 inputs are cast to)."""
     return Host(
         resources=[TorchModel(nn.Identity, None, name="model", dtype=dtype)],
-        routes=kserve_routes(*models),
+        routes=KServe(*models).routes(),
         **host_kwargs,
     )
 
@@ -301,7 +301,7 @@ async def test_with_batching_requests_share_passes_and_get_their_own_rows() -> N
 
 # -- datatypes, on a model that hands its inputs back -----------------------------------------------
 
-NUMERIC = {
+NUMERIC: dict[str, list[Any]] = {
     "FP32": [0.5, -1.25, 3.0e10],
     "FP16": [0.5, -1.25, 2048.0],
     "FP64": [0.1, -1e300, 2.0],
@@ -481,7 +481,8 @@ async def test_fn_with_a_parameters_keyword_gets_the_request_parameters() -> Non
 
     def scaled(module: nn.Module, x: torch.Tensor, *, parameters: dict[str, Any]) -> torch.Tensor:
         seen.append(parameters)
-        return x * parameters.get("scale", 1)
+        scaled_x: torch.Tensor = x * parameters.get("scale", 1)
+        return scaled_x
 
     model = V2Model(
         name="scaled",
@@ -588,7 +589,7 @@ def test_declarations_are_checked_on_construction() -> None:
         V2Model(name="a/b", inputs=x, outputs=x)
     model = V2Model(name="m", inputs=x, outputs=x)
     with pytest.raises(ValueError, match="share a name"):
-        kserve_routes(model, model)
+        KServe(model, model).routes()
 
 
 async def test_routes_sit_beside_other_routes_and_their_default_is_module_of_the_inputs() -> None:
@@ -604,7 +605,7 @@ async def test_routes_sit_beside_other_routes_and_their_default_is_module_of_the
     )
     host = Host(
         resources=[TorchModel(Double, None)],
-        routes=[Route("/hello", hello), *kserve_routes(model, server_name="mine")],
+        routes=[Route("/hello", hello), *KServe(model, server_name="mine").routes()],
     )
     async with LifespanDriver(host) as lifespan:
         assert (await lifespan.request("GET", "/hello")).json() == {"hello": True}

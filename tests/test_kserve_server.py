@@ -162,7 +162,9 @@ def test_every_datatype_with_tritonclient(datatypes_server: Server, binary: bool
             values = (
                 np.array([[1, 0, 1], [0, 1, 1]]) if datatype == "BOOL" else np.array([[1, -2, 3], [4, 5, 6]])
             )
-            array = (values * (1 if datatype.startswith(("UINT", "BOOL")) else -1)).astype(numpy_type)
+            array: np.ndarray[Any, Any] = (
+                values * (1 if datatype.startswith(("UINT", "BOOL")) else -1)
+            ).astype(numpy_type)
             if datatype.startswith("FP"):
                 array = (array / 4).astype(numpy_type)  # quarters: exact in every float type
             tensor = httpclient.InferInput("x", [2, 3], datatype)

@@ -52,7 +52,7 @@ async def test_concurrent_first_requests_start_the_resources_exactly_once_and_wa
     assert host.phase is LifespanPhase.STARTED
     await host.aclose()
     assert events == ["up", "down"]
-    assert host.phase is LifespanPhase.STOPPED
+    assert host.phase.value == LifespanPhase.STOPPED.value  # mypy narrowed the phase earlier
     await host.aclose()  # idempotent
 
 

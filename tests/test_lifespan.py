@@ -11,8 +11,10 @@ import anyio
 import pytest
 
 from asgi_host import (
+    AppTimeout,
     Host,
     LifespanError,
+    LifespanFailed,
     LifespanPhase,
     LifespanProtocolError,
     Request,
@@ -23,7 +25,7 @@ from asgi_host import (
 )
 from asgi_host._lifespan import _MOVES, LifespanTracker
 from asgi_host._types import Message
-from asgi_host.testing import AppTimeout, LifespanDriver, LifespanFailed, Transcript, call, lifespan_scope
+from asgi_host.testing import LifespanDriver, Transcript, call, lifespan_scope
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asgi_host import Batching, Host, Mount, Request, Response, Route
 from asgi_host.metrics import Metrics
-from asgi_host.model import TorchModel, classifier_endpoint
+from asgi_host.model import Classifier, TorchModel
 from asgi_host.testing import LifespanDriver
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
 
@@ -25,7 +25,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_metrics_after_traffic() -> None:
-    endpoint = classifier_endpoint(labels=LABELS, n_features=len(FEATURES), batching=Batching())
+    endpoint = Classifier(labels=LABELS, n_features=len(FEATURES), batching=Batching()).endpoint
     host = Host(
         resources=[TorchModel(IrisMLP, WEIGHTS)],
         routes=[Route("/predict", endpoint, methods=["POST"]), Mount("/sub", Host())],
@@ -69,8 +69,12 @@ async def test_metrics_after_traffic() -> None:
 def test_metrics_path_must_not_collide() -> None:
     with pytest.raises(ValueError, match="probe path '/metrics' is under mount '/metrics'"):
         Host(routes=[Mount("/metrics", Host())], metrics=Metrics())
+
+    async def stats(request: Request) -> Response:
+        return Response.json({})
+
     with pytest.raises(ValueError, match="two routes for GET /stats"):
-        Host(routes=[Route("/stats", Host()._livez)], metrics=Metrics(path="/stats"))
+        Host(routes=[Route("/stats", stats)], metrics=Metrics(path="/stats"))
 
 
 async def test_two_hosts_keep_separate_registries() -> None:
@@ -112,7 +116,7 @@ async def test_metrics_wrap_the_dispatch_and_change_no_answer() -> None:
             seen.append((route, status))
             super().observe(route, method, status, seconds)
 
-    answers: dict[bool, list[tuple[int, bytes]]] = {}
+    answers: dict[bool, list[tuple[int | None, bytes]]] = {}
     for on in (False, True):
         host = Host(routes=[Route("/", hello), Mount("/sub", Host())], metrics=Recording() if on else None)
         assert (host._dispatch == host._serve) is not on  # off: nothing between the host and the route

@@ -11,7 +11,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -19,9 +19,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from asgi_host import Host, HTTPError, LifespanPhase, Request, Response, Route
-from asgi_host.model import TIMED_PASSES, ModelHandle, TorchModel, release_cuda_memory, resolve_device
-from asgi_host.testing import LifespanDriver, LifespanFailed
+from asgi_host import Host, HTTPError, LifespanFailed, LifespanPhase, Request, Response, Route
+from asgi_host.model import (
+    TIMED_PASSES,
+    Execution,
+    ModelHandle,
+    TorchModel,
+    release_cuda_memory,
+    resolve_device,
+)
+from asgi_host.testing import LifespanDriver
 from examples.iris import WEIGHTS, IrisMLP
 from tests._wait import until
 
@@ -93,12 +100,13 @@ class _SlowForward(IrisMLP):
 async def test_inline_warns_when_a_forward_pass_is_too_slow_for_the_loop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    for model_cls, execution, warned in (
+    cases: list[tuple[type[nn.Module], Execution, bool]] = [
         (_SlowForward, "inline", True),
         (_SlowForward, "thread", False),
         (_SlowForward, "auto", False),
         (IrisMLP, "inline", False),
-    ):
+    ]
+    for model_cls, execution, warned in cases:
         caplog.clear()
         model = TorchModel(model_cls, WEIGHTS, device="cpu", execution=execution, warmup=torch.zeros(1, 4))
         async with LifespanDriver(host_with(model)):
@@ -167,8 +175,8 @@ async def test_loads_a_state_dict_with_weights_only(tmp_path: Path) -> None:
     path = tmp_path / "iris.pt"
     torch.save(trained.state_dict(), path)
     async with LifespanDriver(host_with(TorchModel(IrisMLP, path))) as lifespan:
-        module = lifespan.state["model"].module
-        assert torch.equal(module.layers[0].weight, trained.layers[0].weight)
+        module: Any = lifespan.state["model"].module
+        assert torch.equal(module.layers[0].weight, cast(Any, trained).layers[0].weight)
 
 
 class _Payload:
@@ -242,7 +250,7 @@ async def test_dtype_casts_weights_and_is_on_the_handle() -> None:
     async with LifespanDriver(host_with(TorchModel(IrisMLP, WEIGHTS, dtype=torch.float64))) as lifespan:
         handle: ModelHandle = lifespan.state["model"]
         assert handle.dtype == torch.float64
-        assert handle.module.layers[0].weight.dtype == torch.float64
+        assert cast(Any, handle.module).layers[0].weight.dtype == torch.float64
 
 
 async def test_warmup_runs_and_a_failing_warmup_fails_startup() -> None:

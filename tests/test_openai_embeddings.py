@@ -18,8 +18,8 @@ import httpx
 import msgspec
 import pytest
 
-from asgi_host import Batching, ClientDisconnect, Host, HTTPError, OutOfMemory, Request
-from asgi_host.openai_embeddings import OpenAIEmbeddings, OpenAIError
+from asgi_host import Batching, ClientDisconnect, Host, HTTPError, OpenAIError, OutOfMemory, Request, Route
+from asgi_host.openai_embeddings import OpenAIEmbeddings
 from asgi_host.testing import LifespanDriver
 from tests._server import Server, free_port, hypercorn_command, run_server
 
@@ -255,7 +255,7 @@ async def test_a_client_that_went_away_is_not_answered(fake: FakeEmbedder) -> No
     scope = {"type": "http", "method": "POST", "path": "/v1/embeddings", "headers": []}
     fake.fail = ClientDisconnect("gone")
     with pytest.raises(ClientDisconnect):
-        await api(Request(scope, receive, {}, max_body_bytes=None))
+        await api.create(Request(scope, receive, {}, max_body_bytes=None))
 
 
 def test_constructor_checks() -> None:
@@ -268,7 +268,11 @@ def test_constructor_checks() -> None:
         OpenAIEmbeddings(embed, model="m", dimensions=0)
     with pytest.raises(ValueError, match="max_inputs"):
         OpenAIEmbeddings(embed, model="m", dimensions=4, max_inputs=0)
-    paths = [route.path for route in OpenAIEmbeddings(embed, model="org/m", dimensions=4).routes("/api/v1/")]
+    paths = [
+        route.path
+        for route in OpenAIEmbeddings(embed, model="org/m", dimensions=4, prefix="/api/v1/").routes()
+        if isinstance(route, Route)
+    ]
     assert paths == ["/api/v1/embeddings", "/api/v1/models", "/api/v1/models/org/m"]
 
 

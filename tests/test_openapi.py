@@ -22,9 +22,19 @@ import msgspec
 import pytest
 from openapi_spec_validator import validate
 
-import asgi_host.openapi as openapi_module
-from asgi_host import Batching, Host, Mount, Request, Response, Route, StructEndpoint
-from asgi_host._http import _ErrorBody, _ErrorDetail
+import asgi_host.openapi._document as openapi_module
+import asgi_host.openapi._swagger as swagger_module
+from asgi_host import (
+    Batching,
+    Host,
+    HTTPError,
+    Mount,
+    Request,
+    Response,
+    Route,
+    StructEndpoint,
+    error_response,
+)
 from asgi_host.config import HostConfig, load_config
 from asgi_host.openapi import Error, ErrorDetail, openapi_document
 from asgi_host.testing import LifespanDriver, request
@@ -93,13 +103,11 @@ def test_predict_is_fully_described() -> None:
 
 
 def test_the_error_struct_is_the_one_the_host_sends() -> None:
-    def fields(struct: type[msgspec.Struct]) -> list[tuple[str, Any, Any]]:
-        return [(f.name, f.type, f.default) for f in msgspec.structs.fields(struct)]
-
-    assert fields(ErrorDetail) == fields(_ErrorDetail)
-    assert [f.name for f in msgspec.structs.fields(Error)] == [
-        f.name for f in msgspec.structs.fields(_ErrorBody)
-    ]
+    answered = error_response(HTTPError(422, "bad row", path="$.inputs[0]"))
+    decoded = msgspec.json.decode(answered.body, type=Error, strict=True)
+    assert decoded == Error(
+        ErrorDetail(status=422, type="validation_error", message="bad row", path="$.inputs[0]")
+    )
 
 
 @pytest.mark.anyio
@@ -411,7 +419,7 @@ async def test_swagger_ui_files_are_served_by_the_host() -> None:
 async def test_without_swagger_ui_the_page_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(openapi_module, "_swagger_ui_folder", lambda: None)
+    monkeypatch.setattr(swagger_module, "_swagger_ui_folder", lambda: None)
     app = Host()
     page = await request(app, "GET", "/docs")
     assert page.status == 404
@@ -423,7 +431,7 @@ async def test_without_swagger_ui_the_page_says_what_to_install(
 
     old = tmp_path / "swagger-ui-4.15.5"
     old.mkdir()
-    monkeypatch.setattr(openapi_module, "_swagger_ui_folder", lambda: old)
+    monkeypatch.setattr(swagger_module, "_swagger_ui_folder", lambda: old)
     page = await request(Host(), "GET", "/docs")
     assert page.status == 404
     assert "older than 5 and cannot show OpenAPI 3.1" in page.json()["error"]["message"]

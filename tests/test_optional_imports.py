@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from asgi_host import Host
+from asgi_host import Host, LifespanFailed
 from asgi_host._extras import raise_missing_extra
-from asgi_host.testing import LifespanDriver, LifespanFailed
+from asgi_host.testing import LifespanDriver
 from tests._server import ROOT
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from asgi_host import Batching, Host, HTTPError, Request, Route, StructEndpoint
-from asgi_host.model import TorchModel, classifier_endpoint
+from asgi_host.model import Classifier, TorchModel
 from asgi_host.testing import HTTPResult, LifespanDriver, call, http_scope
 from examples.app import IrisConfig, make_app
 from examples.iris import LABELS, WEIGHTS, IrisMLP, load_dataset
@@ -194,7 +194,7 @@ class Flaky(nn.Module):
 
 
 async def test_forward_pass_that_raises_is_500_and_the_next_request_works() -> None:
-    endpoint = classifier_endpoint(labels=LABELS, n_features=4)
+    endpoint = Classifier(labels=LABELS, n_features=4).endpoint
     host = Host(resources=[TorchModel(Flaky, None)], routes=[Route("/predict", endpoint, methods=["POST"])])
     async with LifespanDriver(host) as lifespan:
         at_start = lifespan.state["model"].forward_passes  # the endpoint's output check ran one
@@ -276,7 +276,7 @@ async def test_with_batching_only_the_request_with_the_bad_row_is_refused() -> N
 
 
 async def test_a_body_that_stalls_is_408_and_frees_the_request() -> None:
-    endpoint = classifier_endpoint(labels=LABELS, n_features=4)
+    endpoint = Classifier(labels=LABELS, n_features=4).endpoint
     host = Host(
         resources=[TorchModel(IrisMLP, WEIGHTS)], routes=[Route("/predict", endpoint, methods=["POST"])]
     )

@@ -12,9 +12,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi import Request as FastAPIRequest
 
-from asgi_host import Host, Mount, Request, Resource, Response, Route
+from asgi_host import Host, LifespanFailed, Mount, Request, Resource, Response, Route
 from asgi_host._types import Receive, Scope, Send
-from asgi_host.testing import LifespanDriver, LifespanFailed
+from asgi_host.testing import LifespanDriver
 
 pytestmark = pytest.mark.anyio
 

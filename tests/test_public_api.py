@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 import subprocess
 import sys
+import types
 
 import asgi_host
 import asgi_host.testing
@@ -14,31 +17,46 @@ from tests._server import ROOT
 
 def test_public_names() -> None:
     assert asgi_host.__all__ == [
+        "Adapter",
+        "AppTimeout",
         "AsgiHostError",
         "Batcher",
         "Batching",
         "ClientDisconnect",
+        "ConfigError",
+        "DriverError",
+        "ErrorFormat",
         "HTTPError",
         "Host",
+        "HostView",
         "LifespanError",
+        "LifespanFailed",
         "LifespanPhase",
         "LifespanProtocolError",
+        "LifespanUnsupported",
+        "ModelLoadError",
         "Mount",
+        "OpenAIError",
         "OutOfMemory",
         "Progress",
+        "ProtocolViolation",
         "Readiness",
         "ReloadError",
         "ReloadInProgress",
         "ReloadResult",
         "Reloadable",
         "Replacement",
+        "ReplicaUnhealthy",
         "Request",
         "Resource",
         "Response",
         "Route",
+        "Rows",
         "ShutdownError",
         "StartupError",
         "StructEndpoint",
+        "SubAppLifespanError",
+        "error_response",
     ]
     assert asgi_host.__all__ == sorted(asgi_host.__all__)
     for name in asgi_host.__all__:
@@ -47,9 +65,45 @@ def test_public_names() -> None:
 
 def test_testing_kit_names() -> None:
     assert asgi_host.testing.__all__ == sorted(asgi_host.testing.__all__)
-    assert {"LifespanDriver", "request", "call", "HTTPResult", "LifespanFailed", "lifespan_scope"} <= set(
+    assert {"LifespanDriver", "request", "call", "HTTPResult", "lifespan_scope"} <= set(
         asgi_host.testing.__all__
     )
+
+
+def _package_modules() -> list[types.ModuleType]:
+    """Every module of the package, imported (the optional extras are installed for the tests)."""
+    modules = []
+    for info in pkgutil.walk_packages(asgi_host.__path__, "asgi_host."):
+        if info.name.endswith("__main__"):
+            continue
+        modules.append(importlib.import_module(info.name))
+    return [asgi_host, *modules]
+
+
+def test_every_error_derives_from_the_root_and_is_exported_from_the_package_once() -> None:
+    defined = {
+        obj
+        for module in _package_modules()
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__.startswith("asgi_host")
+    }
+    assert len(defined) >= 20
+    assert [error for error in defined if not issubclass(error, asgi_host.AsgiHostError)] == []
+    public = {error for error in defined if not error.__name__.startswith("_")}
+    internal = {"TargetError", "WeightsOutside"}  # the check command's and the loader's own
+    exported = {getattr(asgi_host, name) for name in asgi_host.__all__}
+    assert {error.__name__ for error in public - exported} == internal
+    # ... and from nowhere else: no other module lists an error in its __all__.
+    elsewhere = [
+        f"{module.__name__}.{name}"
+        for module in _package_modules()
+        if module is not asgi_host
+        for name in getattr(module, "__all__", ())
+        if isinstance(getattr(module, name), type)
+        and issubclass(getattr(module, name), BaseException)
+        and not module.__name__.split(".")[-1].startswith("_")
+    ]
+    assert elsewhere == []
 
 
 def test_the_asgi_types_are_a_public_module() -> None:

@@ -163,7 +163,7 @@ def test_two_replicas_each_run_their_lifespan(serve_url: str, tmp_path: Path) ->
 
     # Serve shut down as a whole (as at the end of a job): Ray drains each replica,
     # then runs its lifespan.shutdown. Started again for the tests after this one.
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]
     serve.start(http_options={"host": "127.0.0.1", "port": int(serve_url.rsplit(":", 1)[1])})
     events = _events(tmp_path)
     for pid, log in events.items():

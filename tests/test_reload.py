@@ -11,8 +11,9 @@ import shutil
 import subprocess
 import threading
 import weakref
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -23,10 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from asgi_host import Batching, Host, HTTPError, Response, Route
-from asgi_host._reload import ReloadError, ReloadInProgress
+from asgi_host import Batching, Host, HTTPError, ReloadError, ReloadInProgress, Response, Route
 from asgi_host.config import HostConfig, load_config
-from asgi_host.model import ModelHandle, TorchModel, classifier_endpoint
+from asgi_host.model import Classifier, ModelHandle, TorchModel
 from asgi_host.testing import HTTPResult, LifespanDriver
 from examples.app import IrisConfig, make_app
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
@@ -39,6 +39,10 @@ TOKEN = "s3cret-admin-token-0123456789"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
 ROW = [5.1, 3.5, 1.4, 0.2]
 RELOAD = "/admin/models/model/reload"
+
+
+def enough(statuses: list[int | None], wanted: int) -> bool:
+    return len(statuses) >= wanted
 
 
 def version_of(path: Path) -> str:
@@ -133,7 +137,7 @@ async def test_swaps_under_load_answer_every_request_and_free_the_old_model(
                 assert old() is None, "the old module is still referenced after the swap"
                 assert live_iris_modules() == baseline  # one model alive, never two after a swap
                 wanted = len(statuses) + 32  # some answers on this version before the next swap
-                await until(lambda wanted=wanted: len(statuses) >= wanted, 30)
+                await until(partial(enough, statuses, wanted), 30)
             stop.set()
 
     assert statuses
@@ -235,7 +239,7 @@ async def test_the_admin_route_refuses_what_it_must(
         assert nowhere.status == 422
         assert "does not exist" in nowhere.json()["error"]["message"]
         assert life.state["model"].version == version
-        assert app.resources[0].weights == first  # a failed reload changes nothing
+        assert cast(TorchModel, app.resources[0]).weights == first  # a failed reload changes nothing
 
         # The old version still serves, the host is still ready, and /readyz says what failed.
         predict = await life.request("POST", "/predict", json={"inputs": [ROW]})
@@ -287,7 +291,7 @@ async def test_one_reload_at_a_time(weights: tuple[Path, Path]) -> None:
         return IrisMLP()
 
     model = TorchModel(build, first, device="cpu", warmup=torch.zeros(1, len(FEATURES)))
-    predict = classifier_endpoint(labels=LABELS, n_features=len(FEATURES))
+    predict = Classifier(labels=LABELS, n_features=len(FEATURES)).endpoint
     app = Host(resources=[model], routes=[Route("/predict", predict, methods=["POST"])], admin_token=TOKEN)
     async with LifespanDriver(app) as life:
         results: list[HTTPResult] = []
@@ -370,7 +374,7 @@ async def test_host_reload_errors_and_the_route_is_off_by_default(weights: tuple
 
 async def test_a_given_version_and_compiled_models() -> None:
     model = TorchModel(IrisMLP, WEIGHTS, device="cpu", version="v3", warmup=torch.zeros(1, 4))
-    predict = classifier_endpoint(labels=LABELS, n_features=len(FEATURES))
+    predict = Classifier(labels=LABELS, n_features=len(FEATURES)).endpoint
     app = Host(resources=[model], routes=[Route("/predict", predict, methods=["POST"])])
     async with LifespanDriver(app) as life:
         result = await life.request("POST", "/predict", json={"inputs": [ROW]})
@@ -538,7 +542,7 @@ def test_the_reload_snippet_in_production_md_runs(capsys: pytest.CaptureFixture[
 async def test_a_version_noted_for_one_request_never_reaches_the_next() -> None:
     """A mount's pass (which the host never stamps) and a disconnect leave nothing behind."""
     from asgi_host import ClientDisconnect, Mount, Request, Response, Route
-    from asgi_host._reload import record_version
+    from asgi_host._versions import record_version
     from asgi_host.testing import request as send_request
 
     async def raw_app(scope: Any, receive: Any, send: Any) -> None:
@@ -562,7 +566,7 @@ async def test_a_version_noted_for_one_request_never_reaches_the_next() -> None:
 
 async def test_versions_noted_in_tasks_the_handler_starts_reach_its_response() -> None:
     from asgi_host import Request, Response, Route
-    from asgi_host._reload import record_version
+    from asgi_host._versions import record_version
     from asgi_host.testing import request as send_request
 
     async def pass_at(version: str) -> None:

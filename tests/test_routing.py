@@ -256,12 +256,12 @@ def test_argument_checks_hold_under_python_dash_o() -> None:
     # Not asserts: `python -O` strips those, and the mistake would surface later, far from its cause.
     code = (
         "from asgi_host import HTTPError, Route\n"
-        "from asgi_host.model import classifier_endpoint\n"
+        "from asgi_host.model import Classifier\n"
         "async def ok(request): ...\n"
         "for make, kind in ((lambda: Route('x', ok), ValueError),\n"
         "                   (lambda: Route('/x', lambda r: r), TypeError),\n"
         "                   (lambda: HTTPError(200, 'no'), ValueError),\n"
-        "                   (lambda: classifier_endpoint(labels=[], n_features=4), ValueError)):\n"
+        "                   (lambda: Classifier(labels=[], n_features=4).endpoint, ValueError)):\n"
         "    try:\n"
         "        make()\n"
         "    except kind:\n"
@@ -297,6 +297,48 @@ def test_the_router_resolves_a_request_once() -> None:
     assert (missing.label, missing.mount, missing.error and missing.error.status) == ("unmatched", None, 404)
 
 
+def test_prefix_routes_answer_their_path_and_everything_under_it_after_exact_routes() -> None:
+    from asgi_host._routing import Router
+
+    async def rest(request: Request) -> Response:
+        return Response.json({})
+
+    router = Router(
+        [
+            Route("/api", rest, methods=None, prefix=True),
+            Route("/api/exact", hello),
+            Route("/api/v2/", rest, methods=["POST"], prefix=True),  # the trailing slash is dropped
+        ]
+    )
+    assert router.resolve("/api/exact", "GET").endpoint is hello  # exact routes first
+    assert router.resolve("/api/exact", "DELETE").error is not None  # ... with their methods
+    for path, method in [("/api", "PATCH"), ("/api/x/y", "GET"), ("/api/exact/more", "PUT")]:
+        found = router.resolve(path, method)
+        assert (found.endpoint, found.label, found.error) == (rest, "/api", None), path
+    assert router.resolve("/apix", "GET").label == "unmatched"  # on a slash boundary only
+    nested = router.resolve("/api/v2/models", "POST")
+    assert (nested.endpoint, nested.label) == (rest, "/api/v2")  # the longest prefix wins
+    refused = router.resolve("/api/v2/models", "GET")
+    assert refused.error is not None
+    assert (refused.error.status, refused.error.headers) == (405, (("allow", "POST"),))
+    with pytest.raises(ValueError, match="two mounts or prefix routes at '/api'"):
+        router.add(Mount("/api", Host()))
+    with pytest.raises(ValueError, match="two routes for GET /api/exact"):
+        router.add(Route("/api/exact", rest, methods=None))
+
+
+async def test_the_host_takes_adapters_beside_routes() -> None:
+    class Greeter:
+        def routes(self) -> list[Route | Mount]:
+            return [Route("/hi", hello), Route("/hi/there", hello)]
+
+    host = Host(routes=[Greeter(), Route("/items", create, methods=["POST"])])
+    assert (await request(host, "GET", "/hi/there")).json() == {"hello": "/hi/there"}
+    assert (await request(host, "POST", "/items", body=b"x")).status == 201
+    with pytest.raises(TypeError, match="routes take Route, Mount or an adapter"):
+        Host(routes=[hello])  # type: ignore[list-item]
+
+
 async def test_in_flight_counts_and_waits_for_idle() -> None:
     import anyio
 
@@ -329,7 +371,7 @@ async def test_a_body_that_arrives_at_once_after_a_wait_or_never() -> None:
 
     host = Host(routes=[Route("/n", length, methods=["POST"])], body_timeout_s=0.3)
     scope = http_scope("POST", "/n", headers=[("content-length", "5")])
-    chunks = [
+    chunks: list[Message] = [
         {"type": "http.request", "body": b"ab", "more_body": True},
         {"type": "http.request", "body": b"cde"},
     ]

@@ -16,13 +16,10 @@ from starlette.requests import Request as StarletteRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route as StarletteRoute
 
+from asgi_host import AppTimeout, LifespanFailed, LifespanUnsupported, ProtocolViolation
 from asgi_host._types import Receive, Scope, Send
 from asgi_host.testing import (
-    AppTimeout,
     LifespanDriver,
-    LifespanFailed,
-    LifespanUnsupported,
-    ProtocolViolation,
     call,
     http_scope,
     lifespan_scope,

@@ -23,6 +23,9 @@ LABELS = ("setosa", "versicolor", "virginica")
 class IrisMLP(nn.Module):
     """4 -> 16 -> 3 with the inputs standardised inside, so callers send raw centimetres."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, hidden: int = 16) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(len(FEATURES)))
