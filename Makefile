@@ -7,10 +7,10 @@ SERVE_STAMP := $(VENV)/.serve-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help serve test lint venv
+.PHONY: help serve test test-fast lint venv
 
 help:  ## this list
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/'
 
 # Serving needs the runtime extras only; the tests' extras (Ray, FastAPI, ...) come with `make test`.
 $(SERVE_STAMP): pyproject.toml constraints.txt
@@ -35,12 +35,18 @@ venv: $(STAMP)  ## create or refresh .venv (torch pinned to the CPU build, every
 serve: $(SERVE_STAMP)  ## serve the default model (Iris) on 127.0.0.1:8000 (HOST=... PORT=... to change)
 	$(VENV)/bin/hypercorn -w 0 examples.app:app --bind $(HOST):$(PORT)
 
+# Every test: both event loops, real servers under hypercorn, uvicorn and granian, Ray, the browser.
+# Two workers (pytest-xdist); a module's shared server or model stays on one of them (tests/conftest.py).
 test: $(STAMP)  ## run every test
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadscope
+
+# The inner loop: in-process tests on asyncio, no process started (no `server` test).
+test-fast: $(STAMP)  ## the in-process tests on one event loop, in under a minute
+	ASGI_HOST_TEST_LOOPS=asyncio $(PY) -m pytest -m "not server" -n 2 --dist loadscope -q
 
 PY_TREES := asgi_host tests examples bench
 
 lint: $(STAMP)  ## ruff and mypy, as CI runs them
 	$(VENV)/bin/ruff check $(PY_TREES)
 	$(VENV)/bin/ruff format --check $(PY_TREES)
-	$(VENV)/bin/mypy --strict asgi_host
+	$(VENV)/bin/mypy --strict $(PY_TREES)

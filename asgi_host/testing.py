@@ -11,7 +11,9 @@ and you get back the exact messages it sent::
             assert result.status == 200
         assert lifespan.transcript[-1] == ("send", {"type": "lifespan.shutdown.complete"})
 
-Works with apps nobody here wrote (FastAPI, Starlette, ...): see docs/testing.md. What the
+Works with apps nobody here wrote (FastAPI, Starlette, ...): see docs/testing.md. For a real
+server instead, `run_server(server_command("hypercorn", "module:app", port), port=port)` runs it
+in a subprocess on 127.0.0.1 and stops it by PID. What the
 driver finds wrong with an app is raised as one of `asgi_host`'s errors: `LifespanFailed`,
 `LifespanUnsupported`, `AppTimeout`, `ProtocolViolation` (all `DriverError`s).
 """
@@ -28,16 +30,22 @@ import msgspec
 
 from ._driver import AppTimeout, LifespanSession, ProtocolViolation, Transcript, lifespan_scope
 from ._errors import AsgiHostError
+from ._server_process import SERVERS, ServerProcess, free_port, run_server, server_command
 from ._types import ASGIApp, Message, Scope, State
 
 __all__ = [
+    "SERVERS",
     "HTTPResult",
     "LifespanDriver",
+    "ServerProcess",
     "Transcript",
     "call",
+    "free_port",
     "http_scope",
     "lifespan_scope",
     "request",
+    "run_server",
+    "server_command",
 ]
 
 

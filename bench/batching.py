@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from bench.http import serve, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -31,60 +27,8 @@ APPS = {
     "iris": ("examples.app:app", HERE / "post_predict.lua", "/predict", "IRIS_"),
     "minilm": ("examples.embed:app", HERE / "post_embed.lua", "/embed", "EMBED_"),
 }
-
-
-def serve(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not become ready")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (hypercorn's supervisor then stops its worker), SIGKILL after 30 s."""
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def wrk(port: int, connections: int, seconds: int, script: Path, path: str) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            f"http://127.0.0.1:{port}{path}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
-    for pct in ("50", "99"):
-        match = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
-        assert match, out
-        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
-        result[f"p{pct}_ms"] = float(match.group(1)) * scale
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
-    return result
+# The request that says the server is up (and warms it).
+READY = {"iris": {"inputs": [[5.1, 3.5, 1.4, 0.2]]}, "minilm": {"texts": ["warm up"]}}
 
 
 def main() -> None:
@@ -112,13 +56,13 @@ def main() -> None:
     }
     results: dict[tuple[str, int], dict[str, float]] = {}
     for mode, env in modes.items():
-        process = serve(app, args.port, env)
+        process = serve("hypercorn", app, args.port, env, ready_path=path, ready_json=READY[args.app])
         try:
             wrk(args.port, 8, 2, script, path)  # warm up
             for c in args.connections:
                 results[mode, c] = wrk(args.port, c, args.seconds, script, path)
         finally:
-            stop(process)
+            process.stop()
     if args.json_out is not None:
         rows = [{"mode": mode, "clients": c, **numbers} for (mode, c), numbers in results.items()]
         args.json_out.write_text(json.dumps({"app": args.app, "results": rows}, indent=1))

@@ -6,8 +6,8 @@
 It starts `examples.app` under hypercorn on a free port of 127.0.0.1, waits
 until `/readyz` answers 200, and points Chromium at `/docs` (Debian's
 `chromium` package: `apt-get install chromium`). Nothing is fetched from
-outside: Swagger UI's files come from the host. tests/test_openapi.py uses
-`render` to check that the page lists `/predict`.
+outside: Swagger UI's files come from the host (tests/test_openapi.py checks
+the page lists `/predict`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+
+from asgi_host.testing import free_port, run_server, server_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -73,47 +73,16 @@ def render(
     return result.stdout if screenshot is None else result.stderr
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} was not ready within {timeout_s} s")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "openapi_docs.png")
     args = parser.parse_args(argv)
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "hypercorn",
-        "-w",
-        "0",
-        "examples.app:app",
-        "--bind",
-        f"127.0.0.1:{port}",
-    ]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(url, process, 60.0)
-        render(f"{url}/docs", screenshot=args.out.resolve())
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    port = free_port()
+    command = server_command("hypercorn", "examples.app:app", port, ["-w", "0"])
+    with run_server(
+        command, port=port, cwd=ROOT, ready=lambda url: httpx.get(url + "/readyz").status_code == 200
+    ):
+        render(f"http://127.0.0.1:{port}/docs", screenshot=args.out.resolve())
     print(f"wrote {args.out}")
     return 0
 

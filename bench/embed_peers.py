@@ -23,8 +23,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from bench.batching import wrk
-from bench.http import serve, stop
+from bench.http import serve, wrk
 
 SCRIPT = Path(__file__).resolve().parent / "post_embed.lua"
 WARM = {"texts": ["warm"]}
@@ -76,7 +75,7 @@ def main() -> None:
             for c in args.connections:
                 results[name, c] = wrk(args.port, c, args.seconds, SCRIPT, "/embed")
         finally:
-            stop(process)
+            process.stop()
     print("| clients | app | req/s | p50 ms | p99 ms | / FastAPI + sentence-transformers |")
     print("|---|---|---|---|---|---|")
     for c in args.connections:

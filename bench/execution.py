@@ -25,8 +25,7 @@ from torch import nn
 
 from asgi_host import Host, Route
 from asgi_host.model import Classifier, TorchModel
-from bench.batching import wrk
-from bench.http import serve, stop
+from bench.http import serve, wrk
 
 SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
 
@@ -90,7 +89,7 @@ def main() -> None:
                 for c in args.connections:
                     results[execution, c] = wrk(args.port, c, args.seconds, SCRIPT, "/predict")
             finally:
-                stop(process)
+                process.stop()
         for c in args.connections:
             inline, thread = results["inline", c], results["thread", c]
             print(

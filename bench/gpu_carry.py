@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from examples.minilm import save_half_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 # Not in the GPU image's package list (KINDS.md, 2026-11-17); pinned to what the tests use here.
@@ -37,24 +38,6 @@ WHEELS = [
     "sniffio==1.3.1",
 ]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any"]
-MODEL_FILES = ["config.json", "tokenizer.json"]
-
-
-def half_copy(destination: Path) -> Path:
-    """The MiniLM model folder with float16 weights: model.safetensors, config.json, tokenizer.json."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from examples.minilm import model_dir
-
-    source = model_dir()
-    destination.mkdir(parents=True, exist_ok=True)
-    weights = load_file(str(source / "model.safetensors"))
-    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
-    save_file(half, str(destination / "model.safetensors"), metadata={"dtype": str(torch.float16)})
-    for name in MODEL_FILES:
-        shutil.copyfile(source / name, destination / name)
-    return destination
 
 
 def download_wheels(destination: Path, versions: list[str]) -> None:
@@ -72,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.no_wheels:
         download_wheels(args.out / "whl", WHEELS)
-    half_copy(args.out / "minilm")
+    save_half_copy(args.out / "minilm")
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"{args.out}: {size / 2**20:.1f} MiB (the device tool carries at most 64 MiB)")
     command = (

@@ -16,17 +16,15 @@ on) and with `IRIS_EXECUTION=thread`, FastAPI written the way its docs teach
 from __future__ import annotations
 
 import argparse
-import os
-import signal
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
-from bench.batching import wrk
+from asgi_host.testing import ServerProcess, server_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
@@ -40,13 +38,39 @@ APPS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def command(server: str, app: str, port: int) -> list[str]:
-    if server == "hypercorn":
-        return [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
-    where = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    if server == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", app, *where, "--no-access-log"]
-    return [sys.executable, "-m", "granian", "--interface", "asgi", *where, app]
+def wrk(port: int, connections: int, seconds: int, script: Path, path: str) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
+        assert match, out
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+        result[f"p{pct}_ms"] = float(match.group(1)) * scale
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    return result
+
+
+# Quieter servers: no access log, warnings only (what a benchmark would otherwise time is logging).
+QUIET: dict[str, list[str]] = {
+    "hypercorn": [],
+    "uvicorn": ["--log-level", "warning", "--no-access-log"],
+    "granian": ["--log-level", "warning"],
+}
 
 
 def serve(
@@ -58,43 +82,25 @@ def serve(
     ready_path: str = "/predict",
     ready_json: Any = None,
     wait_s: float = 60,
-) -> subprocess.Popen[bytes]:
-    """Start `app` under `server`; return once a POST of `ready_json` to `ready_path` is answered.
-
-    The default request is one Iris row to /predict.
-    """
+) -> ServerProcess:
+    """Start `app` under `server` (asgi_host.testing's launcher); return once a POST of `ready_json`
+    to `ready_path` is answered (default: one Iris row to /predict). `process.stop()` ends it, and
+    whatever it started, by PID."""
     if ready_json is None:
         ready_json = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
-    env = {**os.environ, "IRIS_BATCHING": "off", "IRIS_METRICS": "false", **(extra_env or {})}
+    env = {"IRIS_BATCHING": "off", "IRIS_METRICS": "false", **(extra_env or {})}
     argv = (
         [sys.executable, "-m", "bench.litserve_iris", str(port)]
         if server == "litserve"
-        else command(server, app, port)
+        else server_command(cast(Any, server), app, port, QUIET[server])
     )
-    # A session of its own, so stop() also ends the worker processes LitServe spawns.
-    process = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            httpx.post(f"http://127.0.0.1:{port}{ready_path}", json=ready_json, timeout=1)
-            return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    stop(process)
-    raise RuntimeError(f"{server} {app} did not answer")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
+    process = ServerProcess(argv, port=port, env=env, cwd=ROOT)
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+        process.wait_ready(lambda url: bool(httpx.post(url + ready_path, json=ready_json, timeout=1)), wait_s)
+    except BaseException:
+        process.stop()
+        raise
+    return process
 
 
 def main() -> None:
@@ -118,7 +124,7 @@ def main() -> None:
                 for c in args.connections:
                     results[name, c] = wrk(args.port, c, args.seconds, SCRIPT, "/predict")
             finally:
-                stop(process)
+                process.stop()
         for c in args.connections:
             floor = results["work floor", c]["rps"]
             fastapi = results["FastAPI", c]["rps"]
@@ -140,17 +146,8 @@ def main() -> None:
                     f"{r['p99_ms']:.2f} | | |"
                 )
         finally:
-            stop(process)
-            # LitServe forks workers that leave the process group: end them by their command line,
-            # and wait for them to exit (they take seconds; SIGKILL after 10 s) so nothing outlives the bench.
-            pattern = f"bench.litserve_iris {args.port}"
-            subprocess.run(["pkill", "-TERM", "-f", pattern], check=False)
-            deadline = time.monotonic() + 10
-            while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
-                if time.monotonic() > deadline:
-                    subprocess.run(["pkill", "-KILL", "-f", pattern], check=False)
-                    break
-                time.sleep(0.2)
+            # LitServe forks workers that leave the process group: stop() ends them too, by PID.
+            process.stop()
 
 
 if __name__ == "__main__":

@@ -13,11 +13,8 @@ Over HTTP, one keep-alive client sends requests one after another to
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,10 +26,9 @@ import msgspec
 import torch
 
 from asgi_host import Batching
-from asgi_host._worker import PassThreads
-from asgi_host.testing import LifespanDriver
+from asgi_host.testing import LifespanDriver, ServerProcess, server_command
 from bench import peers
-from bench.batching import stop
+from bench.hop import model_thread
 from examples.app import IrisConfig, make_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,17 +144,14 @@ def in_process_apps() -> dict[str, tuple[Any, bytes, bytes, int]]:
 
 
 async def thread_round_trip(n: int) -> float:
-    """A no-op handed to a model thread (`PassThreads`) and back: the hop a threaded pass pays."""
-    threads = PassThreads(1, "bench-hop")
-    try:
+    """A no-op handed to a model's thread (`ModelHandle.run`) and back: the hop a threaded pass pays."""
+    async with model_thread() as handle:
         for _ in range(200):
-            await threads.run(int)
+            await handle.run(id)
         started = time.perf_counter()
         for _ in range(n):
-            await threads.run(int)
+            await handle.run(id)
         return (time.perf_counter() - started) / n
-    finally:
-        threads.stop()
 
 
 async def measure_in_process(n: int, rounds: int = 3) -> dict[str, float]:
@@ -178,8 +171,8 @@ async def measure_in_process(n: int, rounds: int = 3) -> dict[str, float]:
                 seconds = await in_process(app, states[name], body, content_type, max(n * share // 10, 100))
                 results[name] = min(results.get(name, seconds), seconds)
             hop = await thread_round_trip(n)
-            results["bare thread round trip (PassThreads no-op)"] = min(
-                results.get("bare thread round trip (PassThreads no-op)", hop), hop
+            results["bare thread round trip (ModelHandle.run no-op)"] = min(
+                results.get("bare thread round trip (ModelHandle.run no-op)", hop), hop
             )
     return results
 
@@ -187,10 +180,9 @@ async def measure_in_process(n: int, rounds: int = 3) -> dict[str, float]:
 def measure_http(n: int, port: int, env: dict[str, str]) -> dict[str, float]:
     import httpx
 
-    command = [sys.executable, "-m", "hypercorn", "examples.app:app", "--bind", f"127.0.0.1:{port}"]
     spawned = time.perf_counter()
-    process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    process = ServerProcess(
+        server_command("hypercorn", "examples.app:app", port), port=port, env=env, cwd=ROOT
     )
     try:
         url = f"http://127.0.0.1:{port}/predict"
@@ -216,7 +208,7 @@ def measure_http(n: int, port: int, env: dict[str, str]) -> dict[str, float]:
                 latencies.append(time.perf_counter() - started)
                 assert response.status_code == 200
     finally:
-        stop(process)
+        process.stop()
     latencies.sort()
     return {
         "process start to first answer": first_answer,
@@ -251,7 +243,7 @@ def main() -> None:
         ours = results["asgi_host default (auto, metrics on)"]
         off = results["asgi_host auto, metrics off"]
         thread = results["asgi_host thread, metrics off"]
-        hop = results["bare thread round trip (PassThreads no-op)"]
+        hop = results["bare thread round trip (ModelHandle.run no-op)"]
         lone = results["asgi_host batching on, 1 client"]
         fastapi = results["FastAPI, as its docs teach"]
         print(

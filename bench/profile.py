@@ -80,8 +80,7 @@ def main() -> None:
 def under_hypercorn(seconds: float, port: int, out_dir: Path) -> None:
     import threading
 
-    from bench.batching import wrk
-    from bench.http import serve, stop
+    from bench.http import serve, wrk
 
     script = ROOT / "bench" / "post_predict.lua"
     apps = (
@@ -117,7 +116,7 @@ def under_hypercorn(seconds: float, port: int, out_dir: Path) -> None:
             load.join()
             print(f"wrote {target}")
         finally:
-            stop(process)
+            process.stop()
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +26,7 @@ import msgspec
 import numpy as np
 import torch
 
-from bench.batching import stop
+from asgi_host.testing import ServerProcess, server_command
 from bench.predict import ROOT, ROW, running
 from bench.predict import in_process as predict_in_process
 from examples.app import IrisConfig, make_app
@@ -126,16 +124,8 @@ def measure_http(n: int, port: int) -> dict[str, dict[str, float]]:
     import httpx
     import tritonclient.http as httpclient
 
-    command = [sys.executable, "-m", "hypercorn", "examples.app:app", "--bind", f"127.0.0.1:{port}"]
-    env = {**os.environ, "IRIS_METRICS": "false"}
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    command = server_command("hypercorn", "examples.app:app", port)
+    process = ServerProcess(command, port=port, env={"IRIS_METRICS": "false"}, cwd=ROOT)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -173,7 +163,7 @@ def measure_http(n: int, port: int) -> dict[str, dict[str, float]]:
             finally:
                 triton.close()
     finally:
-        stop(process)
+        process.stop()
 
 
 def main() -> None:

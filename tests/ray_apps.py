@@ -83,6 +83,6 @@ def recorded_iris(events_dir: str, config: IrisConfig) -> Recorded:
 def recorded_slow(events_dir: str) -> Recorded:
     """Iris whose forward pass takes 0.3 s, batched: requests are still running when Ray stops it."""
     from asgi_host import Batching
-    from tests.apps import _predict_app
+    from tests.model_apps import _predict_app
 
     return Recorded(_predict_app(background=False, batching=Batching(max_batch_rows=4)), events_dir)

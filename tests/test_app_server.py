@@ -10,21 +10,22 @@ import msgspec
 import pytest
 from safetensors.torch import save_file
 
+from asgi_host.testing import ServerProcess, free_port, server_command
 from examples.iris import IrisMLP, load_dataset
-from tests._server import Server, free_port, hypercorn_command, run_server, wait_for_exit
+from tests._server import run_server
 
 pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def iris_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def iris_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     port = free_port()
     tmp_path = tmp_path_factory.mktemp("iris")
-    with run_server(hypercorn_command("examples.app:app", port), port, tmp_path) as server:
+    with run_server(server_command("hypercorn", "examples.app:app", port), port, tmp_path) as server:
         yield server
 
 
-def test_readme_curl_answers_setosa(iris_server: Server) -> None:
+def test_readme_curl_answers_setosa(iris_server: ServerProcess) -> None:
     response = httpx.post(
         iris_server.url + "/predict",
         content=b'{"inputs":[[5.1,3.5,1.4,0.2]]}',
@@ -35,7 +36,7 @@ def test_readme_curl_answers_setosa(iris_server: Server) -> None:
     assert response.json()["labels"] == ["setosa"]
 
 
-def test_accuracy_over_http_json_batch_and_msgpack_rows(iris_server: Server) -> None:
+def test_accuracy_over_http_json_batch_and_msgpack_rows(iris_server: ServerProcess) -> None:
     inputs, species = load_dataset()
     batch = httpx.post(iris_server.url + "/predict", json={"inputs": inputs}, timeout=10).json()["labels"]
     one_by_one = []
@@ -53,7 +54,7 @@ def test_accuracy_over_http_json_batch_and_msgpack_rows(iris_server: Server) -> 
     assert accuracy >= 0.95
 
 
-def test_errors_over_http(iris_server: Server) -> None:
+def test_errors_over_http(iris_server: ServerProcess) -> None:
     with httpx.Client(base_url=iris_server.url, timeout=10) as client:
         assert (
             client.post("/predict", content=b"{", headers={"content-type": "application/json"}).status_code
@@ -74,7 +75,7 @@ def test_errors_over_http(iris_server: Server) -> None:
 
 def test_sigterm_releases_the_model(tmp_path: Path) -> None:
     port = free_port()
-    with run_server(hypercorn_command("examples.app:app", port), port, tmp_path) as server:
+    with run_server(server_command("hypercorn", "examples.app:app", port), port, tmp_path) as server:
         assert (
             httpx.post(server.url + "/predict", json={"inputs": [[1, 1, 1, 1]]}, timeout=10).status_code
             == 200
@@ -92,10 +93,10 @@ def test_bad_weights_make_hypercorn_exit_nonzero(tmp_path: Path, problem: str) -
     if problem == "mismatched":
         save_file(dict(IrisMLP(hidden=4).state_dict()), str(weights))
     port = free_port()
-    command = hypercorn_command("examples.app:app", port, ["-w", "0"])
+    command = server_command("hypercorn", "examples.app:app", port, ["-w", "0"])
     env = {"IRIS_WEIGHTS": str(weights)}
     with run_server(command, port, tmp_path, env=env, wait_ready=False) as server:
-        exit_code = wait_for_exit(server, timeout_s=60)
+        exit_code = server.wait(60)
     output = server.output()
     assert exit_code != 0
     expected = "does not exist" if problem == "missing" else "do not fit IrisMLP"
@@ -105,7 +106,9 @@ def test_bad_weights_make_hypercorn_exit_nonzero(tmp_path: Path, problem: str) -
 
 def test_two_workers_each_load_and_release_their_own_model(tmp_path: Path) -> None:
     port = free_port()
-    with run_server(hypercorn_command("examples.app:app", port, ["-w", "2"]), port, tmp_path) as server:
+    with run_server(
+        server_command("hypercorn", "examples.app:app", port, ["-w", "2"]), port, tmp_path
+    ) as server:
         for _ in range(4):
             response = httpx.post(
                 server.url + "/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}, timeout=10

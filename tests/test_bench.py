@@ -100,5 +100,5 @@ def test_profile_writes_flame_graphs(tmp_path: Path) -> None:
 
 def test_hop_with_and_without_torch_work() -> None:
     out = bench("hop", "-n", "50")
-    assert "| asyncio | PassThreads, Iris pass |" in out
+    assert "| asyncio | model thread, Iris pass |" in out
     assert "| trio | Iris pass on the loop (no hand-off) |" in out

@@ -26,8 +26,9 @@ from asgi_lifespan import LifespanManager
 from starlette.testclient import TestClient
 
 from asgi_host import StartupError
+from asgi_host.testing import free_port
 from tests import apps
-from tests._server import free_port, run_server, wait_for_exit
+from tests._server import run_server
 
 pytestmark = pytest.mark.conformance
 
@@ -106,7 +107,7 @@ def test_startup_failure_stops_the_server_with_the_reason(tmp_path: Path, server
     command = SERVERS[server_name]("tests.apps:failing_app", port, True)
     env = {"ASGI_HOST_TEST_LOG": str(log)}
     with run_server(command, port, tmp_path, env=env, wait_ready=False) as server:
-        exit_code = wait_for_exit(server, timeout_s=60)
+        exit_code = server.wait(60)
     assert exit_code != 0, server.output()
     assert "resource 'broken_model' failed to start: FileNotFoundError" in server.output()
     assert log.read_text() == "database up\ndatabase down\n"  # rolled back

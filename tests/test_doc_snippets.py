@@ -100,3 +100,10 @@ async def test_the_quart_snippet_in_embedding_md_serves(
     async with LifespanDriver(app) as lifespan:
         hello = await lifespan.request("GET", "/quart/hello")
     assert hello.json() == {"hello": "from Quart"}
+
+
+@pytest.mark.server
+def test_the_run_server_snippet_in_testing_md_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # `examples.app:app` is imported from the repository root
+    code = python_block("docs/testing.md", "## Under a real server: `run_server`")
+    exec(compile(code, "docs/testing.md", "exec", dont_inherit=True), {"__name__": "testing_md_snippet"})

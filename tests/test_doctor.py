@@ -30,6 +30,7 @@ def run_check(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+@pytest.mark.server
 def test_clean_app_exits_0_with_timings() -> None:
     result = run_check("examples.app:app")
     assert result.returncode == 0, result.stderr
@@ -41,6 +42,7 @@ def test_clean_app_exits_0_with_timings() -> None:
     assert result.stdout.rstrip().endswith("result: ok")
 
 
+@pytest.mark.server
 def test_json_report_on_a_fastapi_app() -> None:
     result = run_check("examples.embed_fastapi:app", "--json")
     assert result.returncode == 0, result.stderr
@@ -52,6 +54,7 @@ def test_json_report_on_a_fastapi_app() -> None:
     assert "cuda_memory" not in report  # no CUDA here
 
 
+@pytest.mark.server
 def test_startup_failure_exits_1_with_the_message() -> None:
     result = run_check("examples.app:app", "--json", env={"IRIS_WEIGHTS": "/nonexistent.safetensors"})
     assert result.returncode == 1
@@ -61,6 +64,7 @@ def test_startup_failure_exits_1_with_the_message() -> None:
     assert "shutdown" not in report
 
 
+@pytest.mark.server
 def test_app_without_lifespan_exits_2() -> None:
     result = run_check("tests.apps:http_only_app")
     assert result.returncode == 2
@@ -70,6 +74,7 @@ def test_app_without_lifespan_exits_2() -> None:
     assert result.stdout.rstrip().endswith("result: no lifespan support")
 
 
+@pytest.mark.server
 def test_app_that_raises_after_receiving_startup_exits_1_with_its_exception() -> None:
     # The one rule: raising after the first receive() is a failed startup, not "unsupported".
     result = run_check("tests.apps:raises_after_startup_app")
@@ -90,6 +95,7 @@ def test_app_that_raises_after_receiving_startup_exits_1_with_its_exception() ->
     assert "serve the app without lifespan" in report["note"]
 
 
+@pytest.mark.server
 def test_bad_target_is_a_usage_error() -> None:
     result = run_check("examples.app")
     assert result.returncode == 3
@@ -104,6 +110,7 @@ def test_bad_target_is_a_usage_error() -> None:
         ("examples.nosuch:app", "asgi-host check: no module named 'examples.nosuch'"),
     ],
 )
+@pytest.mark.server
 def test_a_target_that_cannot_be_loaded_is_one_line_and_exit_3(target: str, message: str) -> None:
     result = run_check(target)
     assert result.returncode == 3
@@ -112,6 +119,7 @@ def test_a_target_that_cannot_be_loaded_is_one_line_and_exit_3(target: str, mess
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.server
 def test_version() -> None:
     import asgi_host
 
@@ -124,6 +132,7 @@ def test_version() -> None:
     assert f'version = "{asgi_host.__version__}"' in pyproject
 
 
+@pytest.mark.server
 def test_a_target_that_is_not_callable_is_named() -> None:
     # Such as a Ray Serve Application (examples.ray_serve:app), which `serve run` takes instead.
     result = run_check("examples.iris:LABELS")

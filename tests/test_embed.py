@@ -15,7 +15,8 @@ import torch
 from asgi_host import Batching
 from asgi_host.testing import LifespanDriver
 from examples.embed import EmbedConfig, make_app
-from examples.minilm import MiniLM, load_tokenizer, model_dir
+from examples.minilm import MiniLM, load_tokenizer, model_dir, save_half_copy
+from tests.conftest import LOOPS
 
 pytestmark = pytest.mark.anyio
 
@@ -28,8 +29,16 @@ needs_packaged_weights = pytest.mark.skipif(
 FOOD = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module", params=LOOPS)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Module-scoped: the module's tests share one model per event loop (`embedder`)."""
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture(scope="module")
 async def embedder() -> AsyncIterator[LifespanDriver]:
+    """MiniLM loaded once per event loop for this module's tests (they only send it requests)."""
     async with LifespanDriver(
         make_app(EmbedConfig(max_texts=8, max_chars=100)), startup_timeout_s=60
     ) as lifespan:
@@ -124,13 +133,12 @@ async def test_a_half_precision_copy_loads_through_minilm_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What bench/gpu_carry.py carries to the GPU machine instead of the 88 MB package.
-    from bench.gpu_carry import half_copy
 
     async with LifespanDriver(make_app(EmbedConfig()), startup_timeout_s=60) as lifespan:
         full = torch.tensor(
             (await lifespan.request("POST", "/embed", json={"texts": FOOD})).json()["embeddings"]
         )
-    copy = half_copy(tmp_path / "minilm")
+    copy = save_half_copy(tmp_path / "minilm")
     assert (copy / "model.safetensors").stat().st_size < 0.55 * (
         model_dir() / "model.safetensors"
     ).stat().st_size

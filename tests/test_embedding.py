@@ -12,11 +12,11 @@ import pytest
 from fastapi import FastAPI
 
 from asgi_host import Host, HTTPError, LifespanFailed, LifespanPhase, StartupError
-from asgi_host.testing import LifespanDriver
+from asgi_host.testing import LifespanDriver, free_port, server_command
 from asgi_host.types import ASGIApp, Message, Receive, Scope, Send
 from examples import embed_fastapi, embed_starlette
 from examples.app import IrisConfig, make_app
-from tests._server import free_port, hypercorn_command, run_server
+from tests._server import run_server
 
 ROW = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 
@@ -134,7 +134,9 @@ async def test_lifespan_context_directly_and_no_double_start() -> None:
 @pytest.mark.server
 def test_fastapi_parent_under_hypercorn(tmp_path: Path) -> None:
     port = free_port()
-    with run_server(hypercorn_command("examples.embed_fastapi:app", port), port, tmp_path) as server:
+    with run_server(
+        server_command("hypercorn", "examples.embed_fastapi:app", port), port, tmp_path
+    ) as server:
         predicted = httpx.post(server.url + "/model/predict", json=ROW, timeout=10)
         hello = httpx.get(server.url + "/hello", timeout=10)
         exit_code = server.stop()

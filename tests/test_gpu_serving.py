@@ -250,6 +250,8 @@ async def test_warmup_runs_at_every_declared_batch_size() -> None:
         assert set(seen[4:]) == {64}
 
 
+@pytest.mark.one_loop
+@pytest.mark.server
 async def test_compiled_model_answers_like_eager_and_the_first_request_needs_no_compile() -> None:
     inputs, _ = load_dataset()
     answers: dict[str, list[list[float]]] = {}

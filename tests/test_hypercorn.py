@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._server import free_port, hypercorn_command, run_server, wait_for_exit
+from asgi_host.testing import free_port, server_command
+from tests._server import run_server
 
 pytestmark = pytest.mark.server
 
@@ -22,7 +23,7 @@ def test_serves_after_startup_and_sigterm_runs_shutdown(tmp_path: Path, worker: 
     log, env = log_env(tmp_path)
     port = free_port()
     with run_server(
-        hypercorn_command("tests.apps:ok_app", port, ["-k", worker]), port, tmp_path, env=env
+        server_command("hypercorn", "tests.apps:ok_app", port, ["-k", worker]), port, tmp_path, env=env
     ) as server:
         assert log.read_text() == "database up\n"
         response = httpx.get(server.url + "/state", timeout=5)
@@ -39,9 +40,9 @@ def test_failing_resource_makes_hypercorn_exit_nonzero_with_the_reason(tmp_path:
     # `-w 0` serves in the main process, so the worker's failure is the exit code.
     log, env = log_env(tmp_path)
     port = free_port()
-    command = hypercorn_command("tests.apps:failing_app", port, ["-w", "0"])
+    command = server_command("hypercorn", "tests.apps:failing_app", port, ["-w", "0"])
     with run_server(command, port, tmp_path, env=env, wait_ready=False) as server:
-        exit_code = wait_for_exit(server, timeout_s=60)
+        exit_code = server.wait(60)
         output = server.output()
     assert exit_code != 0
     assert (
@@ -60,9 +61,9 @@ def test_failing_resource_makes_hypercorn_exit_nonzero_with_the_reason(tmp_path:
 def test_failing_resource_exit_code_in_hypercorn_default_supervisor_mode(tmp_path: Path) -> None:
     port = free_port()
     with run_server(
-        hypercorn_command("tests.apps:failing_app", port), port, tmp_path, wait_ready=False
+        server_command("hypercorn", "tests.apps:failing_app", port), port, tmp_path, wait_ready=False
     ) as server:
-        exit_code = wait_for_exit(server, timeout_s=60)
+        exit_code = server.wait(60)
         assert "resource 'broken_model' failed to start" in server.output()
     assert exit_code != 0
 
@@ -78,7 +79,7 @@ def test_mounted_sub_apps_get_lifespan_events_only_when_asked(
     tmp_path: Path, app: str, during: list[str], after: list[str]
 ) -> None:
     port = free_port()
-    with run_server(hypercorn_command(app, port), port, tmp_path) as server:
+    with run_server(server_command("hypercorn", app, port), port, tmp_path) as server:
         for mount in ("/raw", "/starlette"):
             response = httpx.get(server.url + mount + "/lifespan", timeout=5)
             assert response.json() == {"lifespan_events": during}, mount

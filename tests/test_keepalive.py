@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._server import free_port, hypercorn_command, run_server
+from asgi_host.testing import free_port, server_command
+from tests._server import run_server
 
 pytestmark = pytest.mark.server
 
@@ -25,7 +26,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
     tmp_path: Path = tmp_path_factory.mktemp("keepalive")
     with run_server(
-        hypercorn_command("examples.app:app", port), port, tmp_path, env={"IRIS_BODY_TIMEOUT_S": "1"}
+        server_command("hypercorn", "examples.app:app", port),
+        port,
+        tmp_path,
+        env={"IRIS_BODY_TIMEOUT_S": "1"},
     ):
         yield port
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import asgi_host
+from asgi_host.testing import ServerProcess, free_port, server_command
 from examples.iris import LABELS, load_dataset
-from tests._server import ROOT, Server, free_port, hypercorn_command, run_server
+from tests._server import ROOT, run_server
 from tests.test_doc_snippets import python_block
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -23,31 +24,31 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def iris_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def iris_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     port = free_port()
     tmp_path = tmp_path_factory.mktemp("kserve")
     with run_server(
-        hypercorn_command("examples.app:app", port), port, tmp_path, env={"IRIS_METRICS": "false"}
+        server_command("hypercorn", "examples.app:app", port), port, tmp_path, env={"IRIS_METRICS": "false"}
     ) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def datatypes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def datatypes_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     port = free_port()
     tmp_path = tmp_path_factory.mktemp("kserve-datatypes")
-    with run_server(hypercorn_command("tests.kserve_apps:app", port), port, tmp_path) as server:
+    with run_server(server_command("hypercorn", "tests.kserve_apps:app", port), port, tmp_path) as server:
         yield server
 
 
 @pytest.fixture
-def client(iris_server: Server) -> Iterator[Any]:
+def client(iris_server: ServerProcess) -> Iterator[Any]:
     triton = httpclient.InferenceServerClient(url=f"127.0.0.1:{iris_server.port}")
     yield triton
     triton.close()
 
 
-def predict_probabilities(server: Server, rows: list[list[float]]) -> np.ndarray[Any, Any]:
+def predict_probabilities(server: ServerProcess, rows: list[list[float]]) -> np.ndarray[Any, Any]:
     response = httpx.post(server.url + "/predict", json={"inputs": rows}, timeout=10)
     assert response.status_code == 200
     return np.array(response.json()["outputs"], dtype=np.float32)
@@ -71,7 +72,7 @@ def test_health_and_metadata(client: Any) -> None:
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_all_150_rows_match_predict(iris_server: Server, client: Any, binary: bool) -> None:
+def test_all_150_rows_match_predict(iris_server: ServerProcess, client: Any, binary: bool) -> None:
     rows, species = load_dataset()
     features = np.array(rows, dtype=np.float32)
     tensor = httpclient.InferInput("input", list(features.shape), "FP32")
@@ -120,7 +121,7 @@ def test_an_unknown_model_is_404(client: Any) -> None:
         client.get_model_metadata("resnet")
 
 
-def test_the_tritonclient_snippet_in_protocols_md_runs(iris_server: Server, capsys: Any) -> None:
+def test_the_tritonclient_snippet_in_protocols_md_runs(iris_server: ServerProcess, capsys: Any) -> None:
     code = python_block("docs/protocols.md", "## The Open Inference Protocol")
     assert 'url="localhost:8000"' in code
     code = code.replace('url="localhost:8000"', f'url="127.0.0.1:{iris_server.port}"')
@@ -155,7 +156,7 @@ NUMPY_TYPES = {
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_every_datatype_with_tritonclient(datatypes_server: Server, binary: bool) -> None:
+def test_every_datatype_with_tritonclient(datatypes_server: ServerProcess, binary: bool) -> None:
     triton = httpclient.InferenceServerClient(url=f"127.0.0.1:{datatypes_server.port}")
     try:
         for datatype, numpy_type in NUMPY_TYPES.items():

@@ -39,6 +39,7 @@ def run(mode: str) -> list[str]:
     return result.stderr.splitlines()
 
 
+@pytest.mark.server
 def test_with_no_logging_set_up_the_model_load_is_logged() -> None:
     lines = run("bare")
     loaded = [line for line in lines if "model IrisMLP loaded" in line]
@@ -49,6 +50,7 @@ def test_with_no_logging_set_up_the_model_load_is_logged() -> None:
     assert len([line for line in lines if "model 'model' released" in line]) == 1
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("mode", ["configured", "configured later"])
 def test_configured_logging_prints_each_line_once(mode: str) -> None:
     lines = run(mode)

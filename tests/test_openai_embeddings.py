@@ -20,8 +20,8 @@ import pytest
 
 from asgi_host import Batching, ClientDisconnect, Host, HTTPError, OpenAIError, OutOfMemory, Request, Route
 from asgi_host.openai_embeddings import OpenAIEmbeddings
-from asgi_host.testing import LifespanDriver
-from tests._server import Server, free_port, hypercorn_command, run_server
+from asgi_host.testing import LifespanDriver, ServerProcess, free_port, server_command
+from tests._server import run_server
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FOOD = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]
@@ -343,17 +343,17 @@ async def test_with_batching_both_routes_share_the_batcher_and_its_passes() -> N
 
 
 @pytest.fixture(scope="module")
-def embed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def embed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     port = free_port()
     env = {"EMBED_BATCHING": "on", "EMBED_MAX_TEXTS": "8"}
     tmp = tmp_path_factory.mktemp("openai")
-    command = hypercorn_command("examples.embed:app", port)
+    command = server_command("hypercorn", "examples.embed:app", port)
     with run_server(command, port, tmp, env=env, ready_path="/readyz", timeout_s=120) as server:
         yield server
 
 
 @pytest.fixture
-def client(embed_server: Server) -> Iterator[Any]:
+def client(embed_server: ServerProcess) -> Iterator[Any]:
     import openai
 
     with openai.OpenAI(base_url=f"{embed_server.url}/v1", api_key="unused", max_retries=0) as client:
@@ -361,7 +361,7 @@ def client(embed_server: Server) -> Iterator[Any]:
 
 
 @pytest.mark.server
-def test_the_official_client_gets_the_embeddings_of_embed(embed_server: Server, client: Any) -> None:
+def test_the_official_client_gets_the_embeddings_of_embed(embed_server: ServerProcess, client: Any) -> None:
     reference = httpx.post(f"{embed_server.url}/embed", json={"texts": FOOD}, timeout=30).json()["embeddings"]
 
     response = client.embeddings.create(model=MODEL, input=FOOD)  # the client asks for base64
@@ -391,7 +391,7 @@ def test_the_official_client_gets_the_embeddings_of_embed(embed_server: Server, 
 @pytest.mark.server
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the async client runs on asyncio
 async def test_the_async_client_batches_with_embed_on_the_server(
-    embed_server: Server, anyio_backend: str
+    embed_server: ServerProcess, anyio_backend: str
 ) -> None:
     import openai
 
@@ -437,7 +437,9 @@ def test_the_official_client_raises_openais_errors(client: Any) -> None:
 
 
 @pytest.mark.server
-def test_the_snippet_in_protocols_md_runs(embed_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_snippet_in_protocols_md_runs(
+    embed_server: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.test_doc_snippets import python_block
 
     block = python_block("docs/protocols.md", "## OpenAI-compatible embeddings")
@@ -475,6 +477,7 @@ async def test_the_own_model_snippet_in_protocols_md_serves() -> None:
     assert wrong.json()["error"]["code"] == "model_not_found"
 
 
+@pytest.mark.server
 def test_the_module_needs_neither_torch_nor_openai() -> None:
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['openai'] = None\n"

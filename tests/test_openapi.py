@@ -37,10 +37,10 @@ from asgi_host import (
 )
 from asgi_host.config import HostConfig, load_config
 from asgi_host.openapi import Error, ErrorDetail, openapi_document
-from asgi_host.testing import LifespanDriver, request
-from bench.docs_screenshot import chromium_path, render
+from asgi_host.testing import LifespanDriver, ServerProcess, free_port, request, server_command
 from examples.app import IrisConfig, make_app
-from tests._server import ROOT, Server, free_port, hypercorn_command, run_server
+from tests._browser import chromium_path, dom_of
+from tests._server import ROOT, run_server
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -454,10 +454,10 @@ def test_the_protocols_page_openapi_snippet_runs() -> None:
 
 
 @pytest.fixture(scope="module")
-def iris_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def iris_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     port = free_port()
     tmp_path = tmp_path_factory.mktemp("openapi")
-    command = hypercorn_command("examples.app:app", port, ["-w", "0"])
+    command = server_command("hypercorn", "examples.app:app", port, ["-w", "0"])
     with run_server(command, port, tmp_path, ready_path="/livez") as server:
         deadline = time.monotonic() + 60
         while httpx.get(server.url + "/readyz", timeout=5).status_code != 200:
@@ -474,9 +474,9 @@ def require_chromium() -> None:
 
 
 @pytest.mark.server
-def test_swagger_ui_renders_the_document_in_chromium(iris_server: Server) -> None:
+def test_swagger_ui_renders_the_document_in_chromium(iris_server: ServerProcess) -> None:
     require_chromium()
-    dom = render(iris_server.url + "/docs")
+    dom = dom_of(iris_server.url + "/docs")
     listed = re.findall(r'data-path="([^"]+)"', dom)
     assert "/predict" in listed, dom[-3000:]
     assert {"/livez", "/readyz", "/openapi.json"} <= set(listed)
@@ -504,7 +504,7 @@ checks.negative_data_rejection.expected-statuses = [400, 413, 415, 422]
 
 
 @pytest.mark.server
-def test_schemathesis_finds_nothing(iris_server: Server, tmp_path: Path) -> None:
+def test_schemathesis_finds_nothing(iris_server: ServerProcess, tmp_path: Path) -> None:
     document = httpx.get(iris_server.url + "/openapi.json", timeout=10).json()
     undescribed = [
         operation["operationId"]

@@ -13,6 +13,7 @@ from asgi_host.testing import LifespanDriver
 from tests._server import ROOT
 
 
+@pytest.mark.server
 def test_metrics_without_prometheus_client_names_the_metrics_extra() -> None:
     # `sys.modules[name] = None` makes `import name` fail, as if it were not installed; the module
     # imports prometheus-client at import time, so this runs in a fresh interpreter.

@@ -54,6 +54,7 @@ def four_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return claims
 
 
+@pytest.mark.server
 def test_processes_started_together_spread_over_the_gpus(tmp_path: Path) -> None:
     env = {**os.environ, "ASGI_HOST_PLACEMENT_FILE": str(tmp_path / "claims.json"), "PYTHONPATH": str(ROOT)}
     code = CHILD.format(free=FREE)
@@ -100,6 +101,7 @@ def test_alone_the_gpu_with_most_free_memory_wins(four_gpus: Path) -> None:
     assert json.loads(four_gpus.read_text()) == {str(os.getpid()): 1}
 
 
+@pytest.mark.server
 def test_claims_of_dead_processes_are_dropped(four_gpus: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait(timeout=30)

@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from asgi_host.testing import free_port, server_command
 from examples.iris import load_dataset
-from tests._server import free_port, hypercorn_command, run_server
+from tests._server import run_server
 
 pytestmark = pytest.mark.server
 
@@ -27,7 +28,9 @@ def wait_for_lines(log: Path, text: str, count: int, timeout_s: float = 30.0) ->
 def test_sigterm_with_requests_in_flight_answers_every_one_then_releases(tmp_path: Path) -> None:
     log = tmp_path / "events.log"
     port = free_port()
-    command = hypercorn_command("tests.apps:slow_batched_app", port, ["--graceful-timeout", "20"])
+    command = server_command(
+        "hypercorn", "tests.model_apps:slow_batched_app", port, ["--graceful-timeout", "20"]
+    )
     env = {"ASGI_HOST_TEST_LOG": str(log), "FORWARD_S": "0.5"}
     inputs, species = load_dataset()
     n = 24
@@ -65,7 +68,7 @@ def test_sigterm_with_requests_in_flight_answers_every_one_then_releases(tmp_pat
 def test_background_loading_listens_at_once_and_reports_readiness(tmp_path: Path) -> None:
     port = free_port()
     env = {"BUILD_S": "3", "FORWARD_S": "0"}
-    command = hypercorn_command("tests.apps:background_app", port)
+    command = server_command("hypercorn", "tests.model_apps:background_app", port)
     started = time.monotonic()
     with run_server(command, port, tmp_path, env=env, ready_path="/livez") as server:
         listening_after = time.monotonic() - started
@@ -92,7 +95,9 @@ def test_concurrent_clients_share_forward_passes(tmp_path: Path) -> None:
     inputs, species = load_dataset()
     n = 32
     with (
-        run_server(hypercorn_command("tests.apps:slow_batched_app", port), port, tmp_path, env=env) as server,
+        run_server(
+            server_command("hypercorn", "tests.model_apps:slow_batched_app", port), port, tmp_path, env=env
+        ) as server,
         ThreadPoolExecutor(n) as pool,
     ):
         before = httpx.get(server.url + "/stats", timeout=5).json()["forward_passes"]

@@ -19,11 +19,13 @@ def make_dry_run(target: str) -> str:
     return result.stdout
 
 
+@pytest.mark.server
 @needs_make
 def test_make_serve_runs_one_hypercorn_process_so_a_failed_load_exits_non_zero() -> None:
     assert re.search(r"hypercorn -w 0 examples\.app:app --bind 127\.0\.0\.1:8000", make_dry_run("serve"))
 
 
+@pytest.mark.server
 @needs_make
 def test_make_serve_installs_the_serving_extras_only() -> None:
     serve = make_dry_run("serve")
@@ -31,11 +33,12 @@ def test_make_serve_installs_the_serving_extras_only() -> None:
         assert not re.search(rf"\[[^\]]*\b{extra}\b[^\]]*\]", serve), serve
 
 
+@pytest.mark.server
 @needs_make
 def test_make_help_lists_the_targets() -> None:
     result = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for target in ("serve", "test", "lint", "venv"):
+    for target in ("serve", "test", "test-fast", "lint", "venv"):
         assert f"make {target}" in result.stdout
 
 

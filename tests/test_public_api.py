@@ -9,6 +9,8 @@ import subprocess
 import sys
 import types
 
+import pytest
+
 import asgi_host
 import asgi_host.testing
 import asgi_host.types
@@ -64,7 +66,6 @@ def test_public_names() -> None:
 
 
 def test_testing_kit_names() -> None:
-    assert asgi_host.testing.__all__ == sorted(asgi_host.testing.__all__)
     assert {"LifespanDriver", "request", "call", "HTTPResult", "lifespan_scope"} <= set(
         asgi_host.testing.__all__
     )
@@ -129,9 +130,14 @@ def test_the_asgi_types_are_a_public_module() -> None:
     assert asgi_host.types.LifespanStartupFailedEvent.__required_keys__ == {"type", "message"}
 
 
-def test_examples_and_docs_import_only_public_modules() -> None:
+def test_examples_bench_and_docs_import_only_public_modules() -> None:
     private = re.compile(r"\b(from|import)\s+asgi_host\._")
-    files = [*ROOT.glob("examples/**/*.py"), *ROOT.glob("docs/*.md"), ROOT / "README.md"]
+    files = [
+        *ROOT.glob("examples/**/*.py"),
+        *ROOT.glob("bench/*.py"),
+        *ROOT.glob("docs/*.md"),
+        ROOT / "README.md",
+    ]
     offenders = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
         for path in files
@@ -141,6 +147,14 @@ def test_examples_and_docs_import_only_public_modules() -> None:
     assert offenders == []
 
 
+def test_tests_take_no_helpers_from_bench() -> None:
+    # The benchmarks are run by hand and change with what they measure; tests run them as scripts.
+    importing = re.compile(r"^\s*(from|import)\s+bench\b", re.MULTILINE)
+    offenders = [path.name for path in ROOT.glob("tests/*.py") if importing.search(path.read_text())]
+    assert offenders == []
+
+
+@pytest.mark.server
 def test_imports_without_torch_or_prometheus() -> None:
     # `sys.modules["torch"] = None` makes any `import torch` fail, as if it were not installed.
     code = (
@@ -153,6 +167,7 @@ def test_imports_without_torch_or_prometheus() -> None:
     assert result.stdout.strip() == "ok"
 
 
+@pytest.mark.server
 def test_metrics_and_the_check_command_never_import_torch() -> None:
     # They read CUDA memory through asgi_host._device.cuda_memory, which looks torch up in
     # sys.modules: a process that has not imported torch has no CUDA memory to report.

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests._server import free_port, run_server
+from asgi_host.testing import free_port
+from tests._server import run_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.server]
 

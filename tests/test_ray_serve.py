@@ -23,15 +23,16 @@ import pytest
 
 from asgi_host import Batching, Host, Route
 from asgi_host.ray_serve import batching_advice, replica_health
-from asgi_host.testing import LifespanDriver
+from asgi_host.testing import LifespanDriver, free_port
 from examples.app import IrisConfig, make_app
-from tests._server import ROOT, free_port
+from tests._server import ROOT
 from tests._wait import until
 from tests.apps import broken_model
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
 
+@pytest.mark.server
 def test_the_core_package_does_not_import_ray() -> None:
     code = "import sys, asgi_host, asgi_host.ray_serve, asgi_host.model; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -27,10 +27,10 @@ from torch import nn
 from asgi_host import Batching, Host, HTTPError, ReloadError, ReloadInProgress, Response, Route
 from asgi_host.config import HostConfig, load_config
 from asgi_host.model import Classifier, ModelHandle, TorchModel
-from asgi_host.testing import HTTPResult, LifespanDriver
+from asgi_host.testing import HTTPResult, LifespanDriver, free_port, server_command
 from examples.app import IrisConfig, make_app
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
-from tests._server import ROOT, free_port, hypercorn_command, run_server
+from tests._server import ROOT, run_server
 from tests._wait import until
 
 pytestmark = pytest.mark.anyio
@@ -428,6 +428,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.one_loop
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident memory from /proc")
 async def test_memory_stays_at_one_model_across_swaps(tmp_path: Path) -> None:
     torch.manual_seed(0)
@@ -477,6 +478,7 @@ async def test_memory_stays_at_one_model_across_swaps(tmp_path: Path) -> None:
 # ---- a real server -------------------------------------------------------------------------------
 
 
+@pytest.mark.server
 def test_a_live_server_swaps_under_16_clients(weights: tuple[Path, Path], tmp_path: Path) -> None:
     first, second = weights
     port = free_port()
@@ -514,7 +516,7 @@ def test_a_live_server_swaps_under_16_clients(weights: tuple[Path, Path], tmp_pa
     curl = shell_block("docs/production.md", "### The admin route", 1).replace(
         "localhost:8000", f"127.0.0.1:{port}"
     )
-    with run_server(hypercorn_command("examples.app:app", port), port, tmp_path, env=env) as server:
+    with run_server(server_command("hypercorn", "examples.app:app", port), port, tmp_path, env=env) as server:
         anyio.run(drive, server.url)
         documented = subprocess.run(
             ["bash", "-c", curl], env={**os.environ, **env}, capture_output=True, text=True, timeout=60

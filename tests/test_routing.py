@@ -252,6 +252,7 @@ async def test_one_trailing_slash_names_the_same_route() -> None:
     assert (await request(host, "GET", "/ping/", root_path="/model")).body == b"pong"
 
 
+@pytest.mark.server
 def test_argument_checks_hold_under_python_dash_o() -> None:
     # Not asserts: `python -O` strips those, and the mistake would surface later, far from its cause.
     code = (
