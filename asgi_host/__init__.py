@@ -35,6 +35,7 @@ from ._reload import Reloadable, ReloadResult, Replacement
 from ._resources import Progress, Resource
 from ._routing import Adapter, Mount, Route
 from ._rows import Rows
+from ._streaming import Event, EventStream
 from ._structured import StructEndpoint
 from ._version import __version__ as __version__
 from ._view import HostView
@@ -49,6 +50,8 @@ __all__ = [
     "ConfigError",
     "DriverError",
     "ErrorFormat",
+    "Event",
+    "EventStream",
     "HTTPError",
     "Host",
     "HostView",

@@ -11,7 +11,7 @@ from ._admin import admin_route
 from ._defaults import DEFAULTS
 from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError, SubAppLifespanError
 from ._health import LivenessProbe, Readiness, ReadinessProbe, readiness, refusal
-from ._http import Request, error_response, settle_body
+from ._http import Request, Response, error_response, settle_body
 from ._inflight import InFlight
 from ._lazy import LazyStart
 from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
@@ -20,6 +20,7 @@ from ._propagation import LifespanUnsupported, SubAppLifespan, drive_lifespan
 from ._reload import Reloader, ReloadResult
 from ._resources import Progress, Resource, ResourceStack, as_resource
 from ._routing import Adapter, Dispatch, Endpoint, Match, Mount, Route, Router, expand_routes, route_path
+from ._streaming import as_stream
 from ._types import ASGIApp, Receive, Scope, Send, State, send_message
 from ._versions import begin_request, stamp_version
 from ._view import HostView
@@ -394,6 +395,11 @@ class Host:
                 body_timeout_s=self.body_timeout_s,
             )
             response = await match.route.endpoint(request)
+            if not isinstance(response, Response):
+                # A stream: its first item is taken here, so an error before the first byte is
+                # answered like any other, with its status.
+                response = as_stream(response, request.headers.get("accept"))
+                await response.prime(receive)
         except HTTPError as exc:
             response = answer_error(exc)
         except ClientDisconnect:
@@ -406,7 +412,7 @@ class Host:
         stamp_version(response)
         await settle_body(response, request or Request(scope, receive, {}, max_body_bytes=None))
         try:
-            await response.send(send, head=method == "HEAD")
+            await response.send(send, head=method == "HEAD", receive=receive)
         except OSError:
             # ASGI 2.4: send() may raise once the client has gone away.
             logger.debug("client went away before the response to %s %s was sent", method, match.path)

@@ -91,7 +91,8 @@ class Response:
             _json_encoder.encode(content), status=status, media_type="application/json", headers=headers
         )
 
-    async def send(self, send: Send, *, head: bool = False) -> None:
+    async def send(self, send: Send, *, head: bool = False, receive: Receive | None = None) -> None:
+        """Send it (`receive` is for streams, which watch for the client leaving; unused here)."""
         await send_message(
             send, {"type": "http.response.start", "status": self.status, "headers": self.headers}
         )
@@ -350,7 +351,12 @@ DISCARD_BODY_BYTES = 64 * 1024
 DISCARD_BODY_S = 1.0
 
 
-async def settle_body(response: Response, request: Request) -> None:
+class _Answer(Protocol):
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+
+async def settle_body(response: _Answer, request: Request) -> None:
     """Before sending an error: let the server reuse the connection, or say it closes.
 
     An error may come before the body was read. An HTTP/1.1 server can reuse the connection only

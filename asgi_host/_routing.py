@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ._errors import HTTPError
 from ._http import ErrorFormat, Request, Response
 from ._resources import Resource
+from ._streaming import EventStream
 from ._types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "route_path",
 ]
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response | EventStream | AsyncIterator[Any]]]
+"""`async def endpoint(request) -> Response` (or an `EventStream`, or an async iterator the host
+streams: `Route` checks only that it is async)."""
 
 UNMATCHED = "unmatched"
 
@@ -31,7 +34,8 @@ UNMATCHED = "unmatched"
 class Route:
     """A path answered by `endpoint` for `methods` (HEAD comes with GET; None: every method).
 
-    `endpoint` is `async def endpoint(request: Request) -> Response`. With `prefix=True`
+    `endpoint` is `async def endpoint(request: Request) -> Response` (or an `EventStream`, or an
+    async iterator: the host streams it as Server-Sent Events). With `prefix=True`
     the route answers its path and every path under it (on a `/` boundary), after the
     exact routes: a protocol's own 404 under its prefix, say. `error_format` is how the
     host answers this route's errors, the ones it raises before the endpoint runs included

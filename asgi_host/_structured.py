@@ -15,6 +15,7 @@ import msgspec
 from ._errors import HTTPError
 from ._http import Request, Response, media_type
 from ._resources import Resource
+from ._streaming import EventStream, as_stream
 
 __all__ = ["StructEndpoint"]
 
@@ -46,7 +47,9 @@ class StructEndpoint(Generic[T]):
     The request body may be JSON (`application/json`, also when no content
     type is given) or MessagePack (`application/msgpack`,
     `application/x-msgpack`). The response is JSON unless `Accept` prefers
-    MessagePack. Errors are always the error JSON. `max_body_bytes` overrides
+    MessagePack. A handler that returns an async iterator (of Structs, say) streams them as
+    Server-Sent Events, or NDJSON when `Accept` asks for `application/x-ndjson`
+    (`EventStream`). Errors are always the error JSON. `max_body_bytes` overrides
     the host's limit for this endpoint. `resources` (a batcher, say) are
     entered by the host after its own resources, so they start after the
     model and stop before it.
@@ -82,15 +85,17 @@ class StructEndpoint(Generic[T]):
         self._json_decoder = msgspec.json.Decoder(request_type)
         self._msgpack_decoder = msgspec.msgpack.Decoder(request_type)
 
-    async def __call__(self, request: Request) -> Response:
+    async def __call__(self, request: Request) -> Response | EventStream:
         decode = self._decoder_for(request.headers.get("content-type"))
-        answer_type = response_media_type(request.headers.get("accept"))
+        accept = request.headers.get("accept")
         if self.max_body_bytes is not None:
             request.max_body_bytes = self.max_body_bytes
         body = await request.body()
         value = decode_body(decode, body)
         result = await self.handler(value, request)
-        return encode(result, answer_type)
+        if hasattr(result, "__aiter__"):  # a stream of Structs: SSE, or NDJSON by `Accept`
+            return as_stream(result, accept)
+        return encode(result, response_media_type(accept))
 
     def _decoder_for(self, content_type: str | None) -> Callable[[bytes], T]:
         given = media_type(content_type)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-
-from ._http import Response
+from typing import Protocol
 
 __all__ = [
     "VERSION_HEADER",
@@ -63,7 +62,11 @@ def begin_request() -> None:
     _used_versions.set([])
 
 
-def stamp_version(response: Response) -> None:
+class _Answer(Protocol):
+    headers: list[tuple[bytes, bytes]]
+
+
+def stamp_version(response: _Answer) -> None:
     """Add `x-model-version` to `response` when a model pass ran for this request."""
     used = _used_versions.get()
     if used:

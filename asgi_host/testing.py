@@ -38,6 +38,7 @@ __all__ = [
     "HTTPResult",
     "LifespanDriver",
     "ServerProcess",
+    "ServerSentEvent",
     "Transcript",
     "call",
     "free_port",
@@ -49,14 +50,59 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class ServerSentEvent:
+    """One event of a `text/event-stream` body, as a client parses it."""
+
+    data: str
+    event: str | None = None
+    id: str | None = None
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.data)
+
+
 @dataclass
 class HTTPResult:
-    """What an app answered to one HTTP request."""
+    """What an app answered to one HTTP request.
+
+    `chunks` are the body's pieces as the app sent them, each with its arrival time in seconds
+    since the request began: a stream's pace (`request()` fills them in).
+    """
 
     status: int | None
     headers: list[tuple[str, str]]
     body: bytes
     transcript: Transcript = field(repr=False)
+    chunks: list[tuple[float, bytes]] = field(default_factory=list, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        """The app ended its response (a last body message without `more_body`)."""
+        sent = [m for d, m in self.transcript if d == "send" and m.get("type") == "http.response.body"]
+        return bool(sent) and not sent[-1].get("more_body", False)
+
+    def events(self) -> list[ServerSentEvent]:
+        """The body as Server-Sent Events (comments, such as heartbeats, left out)."""
+        events: list[ServerSentEvent] = []
+        fields: dict[str, list[str]] = {}
+        text = self.body.decode().replace("\r\n", "\n").replace("\r", "\n")
+        for line in text.split("\n"):
+            if not line:
+                if "data" in fields:
+                    event, id_ = fields.get("event", [None])[-1], fields.get("id", [None])[-1]
+                    events.append(ServerSentEvent("\n".join(fields["data"]), event, id_))
+                fields = {}
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields.setdefault(name, []).append(value.removeprefix(" "))
+        return events
+
+    def lines(self) -> list[Any]:
+        """An NDJSON body, one decoded value per line."""
+        return [msgspec.json.decode(line) for line in self.body.splitlines() if line.strip()]
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
@@ -67,14 +113,18 @@ class HTTPResult:
         return msgspec.json.decode(self.body)
 
     @classmethod
-    def of(cls, transcript: Transcript) -> HTTPResult:
-        """The response an HTTP transcript holds (from `call`, say)."""
+    def of(cls, transcript: Transcript, sent_at: Sequence[float] = ()) -> HTTPResult:
+        """The response an HTTP transcript holds (from `call`, say); `sent_at`: when each message the
+        app sent arrived (`call(sent_at=...)`), for the chunks' times."""
         status: int | None = None
         headers: list[tuple[str, str]] = []
         body: list[bytes] = []
+        chunks: list[tuple[float, bytes]] = []
+        times = iter(sent_at)
         for direction, message in transcript:
             if direction != "send":
                 continue
+            at = next(times, float("nan"))
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [
@@ -82,7 +132,8 @@ class HTTPResult:
                 ]
             elif message["type"] == "http.response.body":
                 body.append(message.get("body", b""))
-        return cls(status, headers, b"".join(body), transcript)
+                chunks.append((at, message.get("body", b"")))
+        return cls(status, headers, b"".join(body), transcript, chunks)
 
 
 def http_scope(
@@ -121,26 +172,38 @@ async def call(
     *,
     timeout_s: float = 5.0,
     transcript: Transcript | None = None,
+    disconnect_after: int | None = None,
+    sent_at: list[float] | None = None,
 ) -> Transcript:
     """Run `app` on `scope`, feeding `incoming` messages; return the whole transcript.
 
     Once `incoming` is used up, `receive()` waits until the app has finished its
     response and then reports the client gone (`http.disconnect` or
     `websocket.disconnect`), as a server does; in a lifespan scope it waits
-    until the timeout. HTTP response messages are checked against the spec; a
-    violation raises `ProtocolViolation`. An exception from the app propagates;
-    pass your own `transcript` list to inspect the messages afterwards.
+    until the timeout. With `disconnect_after=n` the client leaves as soon as the
+    app has sent `n` body chunks of a response it has not finished (0: before the
+    first), as a client that stops reading a stream; what the app sends after that
+    is kept in the transcript, as a server would drop it. HTTP response messages
+    are checked against the spec; a violation raises `ProtocolViolation`. An
+    exception from the app propagates; pass your own `transcript` list to inspect
+    the messages afterwards, and `sent_at` to get the time (seconds since the call
+    began) of each message the app sent.
     """
     transcript = [] if transcript is None else transcript
     pending = list(incoming)
     finished = anyio.Event()
+    leaves = anyio.Event()  # finished, or the client left mid-response
     checker = _ResponseChecker(scope["type"])
+    body_chunks = 0
+    began = anyio.current_time()
+    if disconnect_after == 0:
+        leaves.set()
 
     async def receive() -> Message:
         if pending:
             message = pending.pop(0)
         else:
-            await finished.wait()
+            await leaves.wait()
             message = (
                 {"type": "websocket.disconnect", "code": 1000}
                 if scope["type"] == "websocket"
@@ -150,9 +213,19 @@ async def call(
         return message
 
     async def send(message: Message) -> None:
+        nonlocal body_chunks
         transcript.append(("send", dict(message)))
+        if sent_at is not None:
+            sent_at.append(anyio.current_time() - began)
+        if leaves.is_set() and not finished.is_set():
+            return  # the client is gone: a server drops what is sent
         if checker.feed(message):
             finished.set()
+            leaves.set()
+        elif message.get("type") == "http.response.body":
+            body_chunks += 1
+            if disconnect_after is not None and body_chunks >= disconnect_after:
+                leaves.set()
 
     with anyio.move_on_after(timeout_s) as scope_timer:
         await app(scope, receive, send)
@@ -176,6 +249,7 @@ async def request(
     root_path: str = "",
     disconnect: bool = False,
     then_disconnect: bool = False,
+    disconnect_after: int | None = None,
     state: State | None = None,
     timeout_s: float = 5.0,
 ) -> HTTPResult:
@@ -185,8 +259,9 @@ async def request(
     each). `json=` encodes a body and sets `content-type`. `disconnect=True`
     sends `http.disconnect` instead of finishing the body; `then_disconnect=True`
     finishes the body and then disconnects at once (a client that gives up
-    while its request is queued). `state` is copied
-    into the scope as servers do with lifespan state.
+    while its request is queued); `disconnect_after=n` lets the client leave after `n` chunks of
+    a streamed answer (see `call`). `state` is copied into the scope as servers do with lifespan
+    state. The result's `chunks` say when each piece of the body arrived.
     """
     header_list = list(headers)
     if json is not None:
@@ -210,7 +285,11 @@ async def request(
         root_path=root_path,
         state=state,
     )
-    return HTTPResult.of(await call(app, scope, messages, timeout_s=timeout_s))
+    sent_at: list[float] = []
+    transcript = await call(
+        app, scope, messages, timeout_s=timeout_s, disconnect_after=disconnect_after, sent_at=sent_at
+    )
+    return HTTPResult.of(transcript, sent_at)
 
 
 class _ResponseChecker:

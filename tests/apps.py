@@ -9,8 +9,11 @@ see what happened inside the server process, shutdown included.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+
+import anyio
 
 from asgi_host import Host, Request, Response, Route
 
@@ -56,3 +59,27 @@ async def raises_after_startup_app(
     if scope["type"] == "lifespan":
         await receive()
         raise ConnectionRefusedError("cache at 127.0.0.1:6379 refused the connection")
+
+
+# --- a stream whose source is busy between items, under a real server -------
+
+
+async def busy_tokens(request: Request) -> AsyncIterator[dict[str, int]]:
+    """`GET /tokens`: an item, then "work" for 30 s (a model between tokens) before the next. The
+    log says when the source was cancelled, in wall-clock seconds."""
+
+    async def tokens() -> AsyncIterator[dict[str, int]]:
+        try:
+            for n in range(1000):
+                yield {"n": n}
+                if n >= 1:
+                    await anyio.sleep(30)  # busy: only a cancellation ends this early
+                else:
+                    await anyio.sleep(0.01)
+        finally:
+            log(f"source ended {time.time():.6f}")
+
+    return tokens()
+
+
+stream_app = Host(routes=[Route("/tokens", busy_tokens)])

@@ -10,7 +10,7 @@ import time
 import torch
 from torch import nn
 
-from asgi_host import Batching, Host, Request, Response, Route
+from asgi_host import Batching, EventStream, Host, Request, Response, Route
 from asgi_host.model import Classifier, ModelHandle, ModelVersion, TorchModel
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
 from tests.apps import log
@@ -43,11 +43,9 @@ def _slow_build() -> nn.Module:
 def _predict_app(*, background: bool, batching: Batching | None) -> Host:
     predict = Classifier(labels=LABELS, n_features=len(FEATURES), batching=batching).endpoint
 
-    async def logged_predict(request: Request) -> Response:
+    async def logged_predict(request: Request) -> Response | EventStream:
         log("request received")
         return await predict(request)
-
-    logged_predict.resources = predict.resources  # type: ignore[attr-defined]
 
     async def stats(request: Request) -> Response:
         handle: ModelHandle = request.state["model"]
@@ -55,7 +53,10 @@ def _predict_app(*, background: bool, batching: Batching | None) -> Host:
 
     return Host(
         resources=[LoggedModel(_slow_build, WEIGHTS)],
-        routes=[Route("/predict", logged_predict, methods=["POST"]), Route("/stats", stats)],
+        routes=[
+            Route("/predict", logged_predict, methods=["POST"], resources=predict.resources),
+            Route("/stats", stats),
+        ],
         background_startup=background,
     )
 

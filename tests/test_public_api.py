@@ -28,6 +28,8 @@ def test_public_names() -> None:
         "ConfigError",
         "DriverError",
         "ErrorFormat",
+        "Event",
+        "EventStream",
         "HTTPError",
         "Host",
         "HostView",
