@@ -19,7 +19,14 @@ Exposes, in the Prometheus text format written by prometheus-client:
   `asgi_host_batch_oom_splits{batcher}`: batches retried in halves because of it;
 - `asgi_host_cuda_memory_bytes{kind}`: allocated and reserved CUDA memory, when CUDA is in use;
 - `asgi_host_model_version_info{model,version}`: 1 for the version each model serves;
-  `asgi_host_model_reloads_total{model,outcome}`: reloads, `ok` or `failed`.
+  `asgi_host_model_reloads_total{model,outcome}`: reloads, `ok` or `failed`;
+- for each `Generator` (asgi_host.generation), with vLLM's names, which dashboards expect
+  (`model_name` is the generator's name): `vllm:time_to_first_token_seconds`,
+  `vllm:inter_token_latency_seconds`, `vllm:e2e_request_latency_seconds`,
+  `vllm:request_queue_time_seconds` (histograms), `vllm:prompt_tokens_total`,
+  `vllm:generation_tokens_total`, `vllm:request_success_total{finished_reason}`,
+  `vllm:num_requests_running`, `vllm:num_requests_waiting`, and
+  `asgi_host_generations_cancelled_total` (clients that left before the end).
 
 Each `Metrics` has its own registry, so several hosts (or tests) never clash.
 """
@@ -131,6 +138,7 @@ class Metrics:
         self._series: dict[tuple[str, str, int | None], tuple[Any, Any]] = {}
         self.model_versions = _ModelVersions()  # version info and reload counts, read at each scrape
         r.register(self.model_versions)
+        self._generation: _GenerationMetrics | None = None  # made for the first Generator
 
     def attach(self, host: HostView) -> None:
         """Wire the gauges to `host` and its resources (the host calls this)."""
@@ -141,6 +149,8 @@ class Metrics:
                 self._watch_batcher(resource)
             if hasattr(resource, "last_load_s"):
                 self._watch_load(resource)
+            if hasattr(resource, "generated_tokens") and hasattr(resource, "observers"):
+                self._watch_generator(resource)
         if cuda_memory() is not None:  # torch imported (never just for metrics) and CUDA there
             for kind in ("allocated", "reserved"):
                 self.cuda_memory.labels(kind).set_function(partial(_cuda_bytes, f"{kind}_bytes"))
@@ -167,6 +177,12 @@ class Metrics:
         batcher.observers.append(observe)
         self.queue_rows.labels(batcher.name).set_function(lambda: batcher.queued_rows)
         self.oom_splits.labels(batcher.name).set_function(lambda: batcher.oom_splits)
+
+    def _watch_generator(self, generator: Any) -> None:
+        """vLLM's metrics for a `Generator` (duck-typed: this module never imports torch)."""
+        if self._generation is None:
+            self._generation = _GenerationMetrics(self.registry)
+        self._generation.watch(generator)
 
     def wrap(self, dispatch: Dispatch) -> Dispatch:
         """`dispatch`, measured: count each request by route, method and status, and time it.
@@ -255,3 +271,82 @@ class _ModelVersions(Collector):
             reloads.add_metric([model.name, "failed"], model.reload_failures)
         yield info
         yield reloads
+
+
+# vLLM's buckets, so that its dashboards read these histograms as they read vLLM's.
+TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+ITL_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+E2E_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
+
+
+class _GenerationMetrics:
+    """The generation metrics of every `Generator` of a host, by `model_name`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r, label = registry, ["model_name"]
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time to first token.",
+            label,
+            buckets=TTFT_BUCKETS_S,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Time between tokens.",
+            label,
+            buckets=ITL_BUCKETS_S,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Time from request to its last token.",
+            label,
+            buckets=E2E_BUCKETS_S,
+            registry=r,
+        )
+        self.queue = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Time waiting for a sequence slot.",
+            label,
+            buckets=TTFT_BUCKETS_S,
+            registry=r,
+        )
+        self.prompt = Counter("vllm:prompt_tokens", "Prompt tokens prefilled.", label, registry=r)
+        self.generated = Counter("vllm:generation_tokens", "Tokens generated.", label, registry=r)
+        self.success = Counter(
+            "vllm:request_success", "Generations finished.", [*label, "finished_reason"], registry=r
+        )
+        self.running = Gauge("vllm:num_requests_running", "Sequences holding a slot.", label, registry=r)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting for a slot.", label, registry=r)
+        self.cancelled = Gauge(
+            "asgi_host_generations_cancelled_total",
+            "Generations whose client left before the end (stopped then).",
+            label,
+            registry=r,
+        )
+
+    def watch(self, generator: Any) -> None:
+        name = generator.name
+        ttft, itl, e2e, queue = (m.labels(name) for m in (self.ttft, self.itl, self.e2e, self.queue))
+        prompt, generated = self.prompt.labels(name), self.generated.labels(name)
+        self.running.labels(name).set_function(lambda: generator.active)
+        self.waiting.labels(name).set_function(lambda: generator.waiting)
+        self.cancelled.labels(name).set_function(lambda: generator.cancelled)
+
+        def observe(event: Any) -> None:
+            kind = event.kind
+            if kind == "token":
+                itl.observe(event.seconds)
+                generated.inc()
+            elif kind == "first_token":
+                ttft.observe(event.seconds)
+                generated.inc()
+            elif kind == "queued":
+                queue.observe(event.seconds)
+            elif kind == "finished":
+                e2e.observe(event.seconds)
+                prompt.inc(event.prompt_tokens)
+                self.success.labels(name, event.reason).inc()
+
+        generator.observers.append(observe)

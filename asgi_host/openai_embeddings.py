@@ -29,7 +29,6 @@ from __future__ import annotations
 import array
 import base64
 import math
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,11 +36,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from ._errors import HTTPError, OpenAIError, openai_type
-from ._http import Request, Response, media_type
+from ._errors import OpenAIError
+from ._http import Request, Response
+from ._openai import Model, ModelList, check_json, check_model, decode_request, openai_error_response
 from ._resources import Resource
 from ._routing import Mount, Route
-from ._structured import JSON
 
 __all__ = [
     "EmbedFn",
@@ -87,49 +86,6 @@ class EmbeddingsResponse(msgspec.Struct, kw_only=True):
     data: list[Embedding]
     model: str
     usage: Usage
-
-
-class Model(msgspec.Struct, kw_only=True):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-
-
-class ModelList(msgspec.Struct, kw_only=True):
-    object: Literal["list"] = "list"
-    data: list[Model]
-
-
-class _ErrorDetail(msgspec.Struct):
-    message: str
-    type: str
-    param: str | None  # always present, null when no single field is at fault (as OpenAI)
-    code: str | None
-
-
-class _ErrorBody(msgspec.Struct):
-    error: _ErrorDetail
-
-
-_json_encoder = msgspec.json.Encoder()
-
-
-def openai_error_response(error: HTTPError) -> Response:
-    """`error` as OpenAI's error object; the host's own errors (a 413, a 503) keep their status.
-
-    A 422 becomes 400, the status OpenAI uses for every invalid request; the host's
-    error type (`payload_too_large`, `out_of_memory`, ...) becomes the `code`.
-    """
-    if isinstance(error, OpenAIError):
-        status, kind, param, code = error.status, error.type, error.param, error.code
-    else:
-        status = 400 if error.status == 422 else error.status
-        kind, param, code = openai_type(status), None, error.type
-    body = _ErrorBody(_ErrorDetail(message=error.message, type=kind, param=param, code=code))
-    return Response(
-        _json_encoder.encode(body), status=status, media_type="application/json", headers=error.headers
-    )
 
 
 def _base64_float32(vector: Sequence[float]) -> str:
@@ -216,20 +172,11 @@ class OpenAIEmbeddings:
 
     async def create(self, request: Request) -> Response:
         """Creates an embedding vector for each input text (OpenAI's embeddings API)."""
-        given = media_type(request.headers.get("content-type"))
-        if given != JSON:
-            raise OpenAIError(415, f"content type {given!r} is not supported; send application/json")
+        check_json(request)
         if self.max_body_bytes is not None:
             request.max_body_bytes = self.max_body_bytes
         body = self._decode(await request.body())
-        if body.model != self.model:
-            raise OpenAIError(
-                404,
-                f"The model `{body.model}` does not exist; this server serves `{self.model}` "
-                "(the models list names it)",
-                param="model",
-                code="model_not_found",
-            )
+        check_model(body.model, self.model)
         if body.dimensions is not None and body.dimensions != self.dimensions:
             raise OpenAIError(
                 400,
@@ -247,20 +194,12 @@ class OpenAIEmbeddings:
 
     def _decode(self, raw: bytes) -> EmbeddingsRequest:
         try:
-            return self._decoder.decode(raw)
-        except msgspec.ValidationError as exc:  # a subclass of DecodeError: check it first
-            message, _, path = str(exc).partition(" - at `")
-            path = path.rstrip("`")
-            # The top-level field at fault: from the path, or named in the message when the path is
-            # the object itself ("Object missing required field `model`", "... unknown field `x`").
-            named = re.search(r"field `([^`]+)`", message)
-            top = path.removeprefix("$").removeprefix(".").partition("[")[0].partition(".")[0]
-            field = top or (named.group(1) if named else None)
-            if field == "encoding_format":
-                message += "; send 'float' or 'base64'"
-            raise OpenAIError(400, f"{message} (at {path})" if path else message, param=field) from None
-        except msgspec.DecodeError as exc:
-            raise OpenAIError(400, f"malformed JSON body: {exc}") from None
+            body: EmbeddingsRequest = decode_request(self._decoder, raw)
+        except OpenAIError as exc:
+            if exc.param == "encoding_format":
+                raise OpenAIError(400, f"{exc.message}; send 'float' or 'base64'", param=exc.param) from None
+            raise
+        return body
 
     def _texts(self, value: str | list[str | int | list[int]]) -> list[str]:
         items: list[Any] = [value] if isinstance(value, str) else value
