@@ -26,6 +26,8 @@ RAY_MODULES = {"test_ray_serve", "test_ray_example"}
 # Modules whose module-scoped fixtures start a server or load a model: one worker each.
 WHOLE_MODULES = {
     "test_app_server",
+    "test_chat",
+    "test_chat_server",
     "test_embed",
     "test_keepalive",
     "test_kserve_server",
