@@ -279,6 +279,42 @@ ITL_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 
 E2E_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
 
 
+class _GeneratorCounters(Collector):
+    """Counters a `Generator` keeps itself, read at each scrape: the generations cancelled because
+    their client left, and vLLM's prefix-cache counters (prompt tokens looked up, and found)."""
+
+    COUNTERS = (
+        (
+            "asgi_host_generations_cancelled",
+            "Generations whose client left before the end (stopped then).",
+            "cancelled",
+        ),
+        (
+            "vllm:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache.",
+            "prefix_queried_tokens",
+        ),
+        (
+            "vllm:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache (not prefilled again).",
+            "prefix_hit_tokens",
+        ),
+    )
+
+    def __init__(self) -> None:
+        self.generators: list[Any] = []
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, documentation, attribute in self.COUNTERS:
+            family = CounterMetricFamily(name, documentation, labels=["model_name"])
+            for generator in self.generators:
+                family.add_metric([generator.name], getattr(generator, attribute))
+            yield family
+
+
 class _GenerationMetrics:
     """The generation metrics of every `Generator` of a host, by `model_name`."""
 
@@ -319,12 +355,8 @@ class _GenerationMetrics:
         )
         self.running = Gauge("vllm:num_requests_running", "Sequences holding a slot.", label, registry=r)
         self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting for a slot.", label, registry=r)
-        self.cancelled = Gauge(
-            "asgi_host_generations_cancelled_total",
-            "Generations whose client left before the end (stopped then).",
-            label,
-            registry=r,
-        )
+        self.counters = _GeneratorCounters()
+        r.register(self.counters)
 
     def watch(self, generator: Any) -> None:
         name = generator.name
@@ -332,7 +364,7 @@ class _GenerationMetrics:
         prompt, generated = self.prompt.labels(name), self.generated.labels(name)
         self.running.labels(name).set_function(lambda: generator.active)
         self.waiting.labels(name).set_function(lambda: generator.waiting)
-        self.cancelled.labels(name).set_function(lambda: generator.cancelled)
+        self.counters.generators.append(generator)
 
         def observe(event: Any) -> None:
             kind = event.kind

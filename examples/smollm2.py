@@ -338,6 +338,11 @@ class KVCache:
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
 
+    def copy_prefix(self, source: int, target: int, tokens: int) -> None:
+        """Slot `target` takes slot `source`'s first `tokens` positions (a shared prompt prefix)."""
+        self.keys[:, target, :, :tokens] = self.keys[:, source, :, :tokens]
+        self.values[:, target, :, :tokens] = self.values[:, source, :, :tokens]
+
 
 # Up to this many rows (tokens) a float32 product on the CPU goes through `_few_rows_linear`.
 _FEW_ROWS = 4

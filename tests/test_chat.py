@@ -232,8 +232,27 @@ async def test_the_metrics_have_vllms_names(chat: LifespanDriver) -> None:
         "vllm:num_requests_waiting",
         'vllm:request_success_total{finished_reason="length",model_name="generator"}',
         "asgi_host_generations_cancelled_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
     ):
         assert name in text, name
+
+
+async def test_a_prompt_asked_again_reuses_its_cached_prefix_and_answers_the_same(
+    chat: LifespanDriver,
+) -> None:
+    generator = generator_of(chat)
+    question = QUESTIONS[3]
+    first = await post(chat, CHAT, ask(question, max_tokens=12))
+    hits = generator.prefix_hit_tokens
+    second = await post(chat, CHAT, ask(question, max_tokens=12))
+    assert second.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
+    prompt_tokens = second.json()["usage"]["prompt_tokens"]
+    # Every prompt token but the last is reused (the last is run again for its logits).
+    assert generator.prefix_hit_tokens - hits == prompt_tokens - 1
+    text = (await chat.request("GET", "/metrics")).body.decode()
+    hits_line = f'vllm:prefix_cache_hits_total{{model_name="generator"}} {float(generator.prefix_hit_tokens)}'
+    assert hits_line in text
 
 
 async def test_the_routes_are_in_the_openapi_document(chat: LifespanDriver) -> None:

@@ -39,14 +39,25 @@ class Recall(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: torch.Tensor
+        self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache: Any
     ) -> torch.Tensor:
         self.calls.append((tokens.shape[0], tokens.shape[1]))
         if self.delay_s:
             time.sleep(self.delay_s)
-        cache[slots[:, None], positions] = tokens
-        following = (cache[slots, 0] + positions[:, -1] + 1) % VOCAB
+        store: torch.Tensor = cache.data  # a tensor's .data is itself; a CopyingCache's its tensor
+        store[slots[:, None], positions] = tokens
+        following = (store[slots, 0] + positions[:, -1] + 1) % VOCAB
         return F.one_hot(following, VOCAB).float() * 10
+
+
+class CopyingCache:
+    """The toy model's cache, able to copy a prefix from one slot to another."""
+
+    def __init__(self, slots: int, tokens: int) -> None:
+        self.data = torch.zeros(slots, tokens, dtype=torch.long)
+
+    def copy_prefix(self, source: int, target: int, tokens: int) -> None:
+        self.data[target, :tokens] = self.data[source, :tokens]
 
 
 def expected(prompt: list[int], count: int) -> list[int]:
@@ -57,11 +68,13 @@ def letters(ids: list[int]) -> str:
     return "".join(chr(ord("a") + i) for i in ids if i != EOS)
 
 
-def generator(**settings: Any) -> Generator:
+def generator(*, copying: bool = False, **settings: Any) -> Generator:
     settings.setdefault("max_sequences", 4)
     settings.setdefault("max_sequence_tokens", 64)
     return Generator(
-        new_cache=lambda module, slots, tokens: torch.zeros(slots, tokens, dtype=torch.long),
+        new_cache=lambda module, slots, tokens: (
+            CopyingCache(slots, tokens) if copying else torch.zeros(slots, tokens, dtype=torch.long)
+        ),
         detokenize=letters,
         eos_token_ids=[EOS],
         **settings,
@@ -291,6 +304,38 @@ async def test_many_readers_that_leave_leave_nothing_behind() -> None:
         assert gen.free_slots == 2
         assert gen.cancelled + gen.finished == 150
         assert (await run(gen, [4], max_tokens=3)).token_ids == expected([4], 3)
+
+
+async def test_a_prompt_that_begins_as_a_cached_one_starts_after_the_shared_prefix() -> None:
+    gen = generator(max_sequences=2)
+    shared = list(range(3, 15))  # 12 tokens, as a system prompt
+    async with LifespanDriver(host(gen)) as lifespan:
+        calls = model_of(lifespan).calls
+        first = await run(gen, [*shared, 1, 2], max_tokens=3)
+        before = len(calls)
+        second = await run(gen, [*shared, 7, 7, 7], max_tokens=3)
+        prefill = [width for _, width in calls[before:] if width > 1]
+    assert first.token_ids == expected([*shared, 1, 2], 3)
+    assert second.token_ids == expected([*shared, 7, 7, 7], 3)
+    assert prefill == [3]  # the 12 shared tokens were in the slot it took: only 3 prefilled
+    assert (gen.prefix_hit_tokens, gen.prefix_queried_tokens) == (12, 14 + 15)
+
+
+@pytest.mark.parametrize("copying", [True, False])
+async def test_a_prefix_another_slot_holds_is_copied_when_the_cache_can(copying: bool) -> None:
+    gen = generator(max_sequences=2, copying=copying)
+    shared = list(range(3, 15))
+    async with LifespanDriver(host(gen)) as lifespan:
+        model = model_of(lifespan)
+        model.delay_s = 0.005
+        busy = gen.generate([*shared, 1], SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+        await anext(busy)  # decoding in its slot; the other slot is free and holds nothing
+        before = len(model.calls)
+        answer = await run(gen, [*shared, 9, 9], max_tokens=4)
+        prefill = [width for _, width in model.calls[before:] if width > 1]
+        await busy.aclose()
+    assert answer.token_ids == expected([*shared, 9, 9], 4)
+    assert prefill == ([2] if copying else [14])  # copied from the busy slot, or prefilled whole
 
 
 def test_sampling_settings_are_checked() -> None:

@@ -37,6 +37,7 @@ from .._errors import HTTPError, OutOfMemory
 from .._resources import Resource
 from .._rows import model_handle
 from .._view import HostView
+from ._prefix import PrefixIndex
 from ._sampling import Sampler, SamplingParams, sample_rows
 from ._sequence import Delta, Sequence
 
@@ -63,8 +64,10 @@ class GenerationEvent:
 
 @dataclass
 class _Plan:
-    """One step: prompt chunks to prefill (sequence, start, end) and the sequences to decode."""
+    """One step: cached prefixes to copy (source slot, target slot, tokens), prompt chunks to prefill
+    (sequence, start, end) and the sequences to decode."""
 
+    copies: list[tuple[int, int, int]] = field(default_factory=list)
     prefill: list[tuple[Sequence, int, int]] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)
 
@@ -117,6 +120,9 @@ class Generator(Resource):
         self._free: list[int] = []
         self._wake: anyio.Event | None = None
         self._running = False
+        self._prefixes = PrefixIndex()
+        self._copies: list[tuple[int, int, int]] = []  # to run at the start of the next step
+        self._can_copy = False  # the cache has copy_prefix (else a prefix is reused in its own slot)
         self._seconds_per_sequence = 0.0  # moving average, for Retry-After
         # Counted over the process's life: what /metrics and the benchmarks read.
         self.steps = 0
@@ -124,6 +130,8 @@ class Generator(Resource):
         self.prompt_tokens = 0
         self.finished = 0
         self.cancelled = 0
+        self.prefix_queried_tokens = 0  # prompt tokens looked up in the cache
+        self.prefix_hit_tokens = 0  # ... and found there (not prefilled again)
         super().__init__(self._lifespan, name=name)
 
     @property
@@ -232,6 +240,7 @@ class Generator(Resource):
         self._cache = await handle.run(self.new_cache, self.max_sequences, self.max_sequence_tokens)
         self._device = handle.device
         self._free = list(range(self.max_sequences))
+        self._can_copy = callable(getattr(self._cache, "copy_prefix", None))
         logger.info(
             "generator %r: %d sequences of up to %d tokens, KV cache %.0f MiB",
             self.name,
@@ -283,25 +292,44 @@ class Generator(Resource):
             self._apply(plan, first, following)
 
     def _leave(self) -> None:
-        """Finished and cancelled sequences give their slots back; cancelled waiting ones go."""
+        """Finished and cancelled sequences give their slots back (what the slot holds stays known, for
+        a prompt that begins the same way); cancelled waiting ones go."""
         for slot, sequence in list(self._active.items()):
             if sequence.finished:
                 del self._active[slot]
                 self._free.append(slot)
+                self._prefixes.leave(slot, sequence.cached_tokens())
                 sequence.slot = None
         if any(s.finished for s in self._waiting):
             self._waiting = deque(s for s in self._waiting if not s.finished)
 
     def _admit(self) -> None:
+        """Waiting sequences take free slots; each starts after the longest prefix of its prompt the
+        cache holds (in the slot it takes, or copied there from another)."""
         while self._waiting and self._free:
             sequence = self._waiting.popleft()
-            sequence.slot = self._free.pop()
+            active = [(slot, s.cached_tokens()) for slot, s in self._active.items()]
+            source, reused = self._prefixes.best(sequence.prompt, active)
+            if source is not None and source in self._free:
+                slot = source
+                self._free.remove(slot)
+            else:
+                slot = self._free.pop()
+                if source is not None and self._can_copy:
+                    self._copies.append((source, slot, reused))
+                else:
+                    reused = 0
+            self._prefixes.forget(slot)  # its old tokens are about to be overwritten
+            sequence.slot, sequence.prefilled = slot, reused
+            self.prefix_queried_tokens += len(sequence.prompt)
+            self.prefix_hit_tokens += reused
             sequence.started_at = time.monotonic()
-            self._active[sequence.slot] = sequence
+            self._active[slot] = sequence
             self._observe(GenerationEvent("queued", sequence.started_at - sequence.queued_at))
 
     def _plan(self) -> _Plan:
-        plan = _Plan()
+        plan = _Plan(copies=self._copies)
+        self._copies = []
         budget = self.prefill_chunk
         for sequence in self._active.values():  # in the order they got slots
             if sequence.prompt_done:
@@ -363,26 +391,28 @@ class Generator(Resource):
 _RETRY = [("retry-after", "1")]
 
 
-def _inputs(plan: _Plan) -> tuple[list[tuple[int, list[int], int, bool]], list[tuple[int, int, int]]]:
-    """Plain data for the model's thread: prefill (slot, tokens, first position, last chunk?) and
-    decode (slot, last token, its position) rows."""
+Inputs = tuple[list[tuple[int, int, int]], list[tuple[int, list[int], int, bool]], list[tuple[int, int, int]]]
+
+
+def _inputs(plan: _Plan) -> Inputs:
+    """Plain data for the model's thread: prefix copies (source, target, tokens), prefill (slot,
+    tokens, first position, last chunk?) and decode (slot, last token, its position) rows."""
     prefill = [
         (s.slot or 0, s.prompt[start:end], start, end == len(s.prompt)) for s, start, end in plan.prefill
     ]
     decode = [(s.slot or 0, s.generated[-1], s.length - 1) for s in plan.decode]
-    return prefill, decode
+    return plan.copies, prefill, decode
 
 
 def _step(
-    module: nn.Module,
-    cache: Any,
-    inputs: tuple[list[tuple[int, list[int], int, bool]], list[tuple[int, int, int]]],
-    samplers: list[Sampler],
-    device: torch.device,
+    module: nn.Module, cache: Any, inputs: Inputs, samplers: list[Sampler], device: torch.device
 ) -> tuple[list[int], list[int]]:
-    """On the model's thread: the prefill chunks, then one decode step for every decoding row; the
-    first token of each sequence whose prompt is in, and the next token of each decoding row."""
-    prefill, decode = inputs
+    """On the model's thread: the prefix copies, the prefill chunks, then one decode step for every
+    decoding row; the first token of each sequence whose prompt is in, and the next token of each
+    decoding row."""
+    copies, prefill, decode = inputs
+    for source, target, length in copies:  # before any write of this step
+        cache.copy_prefix(source, target, length)
     first: list[int] = []
     chosen = iter(samplers)
     for slot, tokens, start, last in prefill:

@@ -106,6 +106,13 @@ class Sequence:
         else:
             self._ready.set()
 
+    def cached_tokens(self) -> list[int]:
+        """The tokens whose keys and values are surely in the slot, in order: the prompt so far, and
+        once it is in, the generated tokens fed back (all but the last)."""
+        if not self.prompt_done:
+            return self.prompt[: self.prefilled]
+        return self.prompt + self.generated[:-1]
+
     def cancel(self) -> None:
         """The reader left: the decode loop drops the sequence at its next step."""
         self.cancelled = True
