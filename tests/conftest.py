@@ -34,6 +34,7 @@ WHOLE_MODULES = {
     "test_openai_embeddings",
     "test_openapi",
     "test_smollm2",
+    "test_streaming_docs",
 }
 
 
