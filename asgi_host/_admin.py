@@ -71,6 +71,8 @@ class AdminEndpoint:
             raise HTTPError(422, f'the body is {{"weights": "<path>"}} or empty: {exc}') from None
         except msgspec.DecodeError as exc:
             raise HTTPError(400, f"malformed JSON body: {exc}") from None
+        except RecursionError:
+            raise HTTPError(400, "malformed JSON body: nested too deeply") from None
         kwargs: dict[str, Any] = {}
         if options.weights is not None:
             kwargs["weights"] = confine(options.weights, resource)

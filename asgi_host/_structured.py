@@ -140,6 +140,8 @@ def decode_body(decode: Callable[[bytes], T], body: bytes) -> T:
         raise HTTPError(422, message, path=path.rstrip("`") or "$") from None
     except msgspec.DecodeError as exc:
         raise HTTPError(400, f"malformed request body: {exc}") from None
+    except RecursionError:  # msgspec's answer to JSON or MessagePack nested thousands deep
+        raise HTTPError(400, "malformed request body: nested too deeply") from None
 
 
 def encode(value: Any, media_type: str) -> Response:

@@ -1,4 +1,5 @@
-"""Keep-alive after an early error, and stalled bodies, against a real hypercorn with raw sockets.
+"""Keep-alive after an early error, stalled bodies and hostile requests, against a real hypercorn
+with raw sockets.
 
 An error answered before the request body was read (404, 405, 413 by
 Content-Length, 415) must leave the connection usable for the next request, or
@@ -57,10 +58,17 @@ def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str
     return status, headers, rest[:length]
 
 
-def post(path: str, body: bytes, content_type: str = "application/json", length: int | None = None) -> bytes:
+def post(
+    path: str,
+    body: bytes,
+    content_type: str = "application/json",
+    length: int | None = None,
+    headers: str = "",
+) -> bytes:
     size = len(body) if length is None else length
     return (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {size}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {size}\r\n"
+        f"{headers}\r\n"
     ).encode() + body
 
 
@@ -112,3 +120,58 @@ def test_a_stalled_body_is_408_and_closed(server: int) -> None:
         assert status == 408, body
         assert time.monotonic() - started < 5
         assert headers.get("connection") == "close"
+
+
+def rows_tensor(rows: int) -> bytes:
+    data = ",".join(["5.1,3.5,1.4,0.2"] * rows)
+    return f'{{"name":"input","shape":[{rows},4],"datatype":"FP32","data":[{data}]}}'.encode()
+
+
+HOSTILE_V2 = {
+    # One output asked for 4,000 times over 1,024 rows: was a 262 MB answer from 125 KB.
+    "repeated outputs": (
+        b'{"inputs":['
+        + rows_tensor(1024)
+        + b'],"outputs":['
+        + b",".join([b'{"name":"probabilities"}'] * 4000)
+        + b"]}",
+        "",
+        "asked for twice",
+    ),
+    # 5,000 digits: past int()'s limit, was a 500.
+    "a header length of 5,000 digits": (
+        b'{"inputs":[' + rows_tensor(1) + b"]}",
+        f"Inference-Header-Content-Length: {'1' * 5000}\r\n",
+        "must be a byte count",
+    ),
+    # 10,000 deep: msgspec's RecursionError, was a 500.
+    "data nested 10,000 deep": (
+        b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":'
+        + b"[" * 10_000
+        + b"]" * 10_000
+        + b"}]}",
+        "",
+        "nested too deeply",
+    ),
+    "parameters nested 10,000 deep": (
+        b'{"inputs":[' + rows_tensor(1) + b'],"parameters":{"p":' + b"[" * 10_000 + b"]" * 10_000 + b"}}",
+        "",
+        "nested too deeply",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_V2))
+def test_hostile_v2_requests_are_400_and_the_connection_serves_on(server: int, name: str) -> None:
+    body, headers, message = HOSTILE_V2[name]
+    with socket.create_connection(("127.0.0.1", server), timeout=10) as sock:
+        buffer = bytearray()
+        sock.sendall(post("/v2/models/iris/infer", body, headers=headers))
+        status, _, answer = read_response(sock, buffer)
+        assert status == 400, answer[:200]
+        assert message in answer.decode()
+        assert len(answer) < 1024
+        sock.sendall(post("/v2/models/iris/infer", b'{"inputs":[' + rows_tensor(2) + b"]}"))
+        status, _, answer = read_response(sock, buffer)
+        assert status == 200, answer
+        assert answer.count(b"[") == 1 + 1 + 1  # outputs, shape, data: one output, 2 x 3 values

@@ -196,6 +196,32 @@ async def test_errors_have_the_protocol_shape_and_status(iris: LifespanDriver) -
         ),
         (tensor(shape=[0, 4], data=[]), 400, "no rows"),
         (tensor(shape=[201, 4], data=SETOSA * 201), 413, "201 rows is more than max_rows=200"),
+        # Each output once: repeats would multiply the answer (4,000 of them: 262 MB from 125 KB).
+        (
+            {**tensor(), "outputs": [{"name": "probabilities"}] * 2},
+            400,
+            "output 'probabilities' is asked for twice",
+        ),
+        # Nested past msgspec's recursion limit: a 400, not the RecursionError's 500.
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": '
+            + b"[" * 10_000
+            + b"]" * 10_000
+            + b"}]}",
+            400,
+            "nested too deeply",
+        ),
+        (
+            msgspec.json.encode(tensor())[:-1]
+            + b', "parameters": {"p": '
+            + b"[" * 10_000
+            + b"]" * 10_000
+            + b"}}",
+            400,
+            "nested too deeply",
+        ),
+        # Not finite, as /predict answers it: 422.
+        (tensor(data=[5.1, 1e39, 1.4, 0.2]), 422, "input 'input' is not finite"),
     ]
     for body, status, message in cases:
         raw = body if isinstance(body, bytes) else msgspec.json.encode(body)
@@ -226,6 +252,8 @@ async def test_binary_framing_errors_are_400(iris: LifespanDriver) -> None:
         (head + row, "abc", "must be a byte count"),
         (head + row, "-5", "must be a byte count"),
         (head + row, "\u00b2", "must be a byte count"),  # a digit to str.isdigit, not to int()
+        (head + row, "1" * 5000, "must be a byte count"),  # past int()'s 4,300-digit limit
+        (head + row, "9" * 20, "must be a byte count"),
         (head + row, str(len(head) + 100), "but the body has only"),
         (head + row, str(len(head) - 1), "malformed inference request"),
         (head + row + b"xx", str(len(head)), "2 bytes of binary data after"),
@@ -694,3 +722,72 @@ async def test_under_a_root_path(iris: LifespanDriver) -> None:
     assert missing.json() == {"error": "Request for unknown model: 'resnet' is not found"}
     head = await iris.request("HEAD", "/v2/models/resnet", root_path="/model")
     assert (head.status, head.body) == (404, b"")
+
+
+async def test_non_finite_binary_inputs_and_outputs_are_422_as_predict_answers_them() -> None:
+    def overflow(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return x * 1e38  # finite in, infinite out for |x| > 3.4
+
+    model = V2Model(
+        name="m",
+        inputs=[TensorSpec("x", "FP32", [-1, 2])],
+        outputs=[TensorSpec("y", "FP32", [-1, 2])],
+        fn=overflow,
+        check_outputs=False,
+    )
+    async with LifespanDriver(host_with(model)) as lifespan:
+        for values, message in (
+            (
+                [1.0, math.nan],
+                "input 'x' is not finite (NaN or infinity, or out of range for its type) at index [0, 1]",
+            ),
+            ([math.inf, 1.0], "input 'x' is not finite"),
+            ([1.0, 5.0], "the model's output 'y' (inputs outside what it can compute) is not finite"),
+        ):
+            blob = np.array([values], dtype=np.float32).tobytes()
+            header = {
+                "inputs": [
+                    {"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}
+                ]
+            }
+            body, headers = binary_body(header, blob)
+            result = await lifespan.request("POST", "/v2/models/m/infer", body=body, headers=headers)
+            assert result.status == 422, result.body
+            assert message in result.json()["error"]
+        ok = await lifespan.request(
+            "POST",
+            "/v2/models/m/infer",
+            json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]},
+        )
+        assert ok.json()["outputs"][0]["data"] == np.float32([1e38, 2e38]).tolist()
+
+
+async def test_a_large_answer_is_encoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from asgi_host.kserve import _routes
+
+    model = V2Model(
+        name="wide", inputs=[TensorSpec("x", "FP32", [-1, 64])], outputs=[TensorSpec("y", "FP32", [-1, 64])]
+    )
+    threads: list[int] = []
+    respond = model.respond
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return respond(*args)
+
+    monkeypatch.setattr(model, "respond", recording)
+    monkeypatch.setattr(_routes, "ENCODE_ON_LOOP_ELEMENTS", 64 * 10)
+    async with LifespanDriver(host_with(model)) as lifespan:
+        for rows in (10, 11):
+            x = np.arange(rows * 64, dtype=np.float32)
+            result = await lifespan.request(
+                "POST",
+                "/v2/models/wide/infer",
+                json={"inputs": [{"name": "x", "shape": [rows, 64], "datatype": "FP32", "data": x.tolist()}]},
+            )
+            assert result.json()["outputs"][0]["data"] == x.tolist()
+    loop_thread = threading.get_ident()
+    assert threads[0] == loop_thread  # 640 elements: on the loop
+    assert threads[1] != loop_thread  # 704: on a worker thread

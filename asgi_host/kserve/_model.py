@@ -23,6 +23,7 @@ from ._tensors import (
     InferRequest,
     TensorSpec,
     bad,
+    check_finite,
     check_input_header,
     decode_request,
     flag,
@@ -269,9 +270,12 @@ class V2Model:
     def parse(self, body: bytes, header_length: str | None) -> tuple[InferRequest, list[Array]]:
         """The request and its input arrays in declared order; `HTTPError` 400/413 when invalid."""
         if header_length is not None:
-            if not header_length.strip().isdecimal():
-                raise bad(f"Inference-Header-Content-Length must be a byte count, got {header_length!r}")
-            length = int(header_length)
+            digits = header_length.strip()
+            # ASCII digits, and few enough for a byte count: int() refuses more than 4,300 of them.
+            if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+                shown = header_length if len(header_length) <= 40 else f"{header_length[:40]}..."
+                raise bad(f"Inference-Header-Content-Length must be a byte count, got {shown!r}")
+            length = int(digits)
             if length > len(body):
                 raise bad(
                     f"Inference-Header-Content-Length is {length} but the body has only {len(body)} bytes"
@@ -323,6 +327,8 @@ class V2Model:
         if missing:
             raise bad(f"expected {len(self.inputs)} inputs for model {self.name!r}, missing {missing}")
         complete = [a for a in arrays if a is not None]
+        for spec, array in zip(self.inputs, complete, strict=True):
+            check_finite(array, f"input {spec.name!r}")
         if self.batched:
             counts = {a.shape[0] for a in complete}
             if len(counts) != 1:
@@ -340,6 +346,7 @@ class V2Model:
         if request.outputs is None:
             return [(i, default_binary) for i in range(len(self.outputs))]
         chosen: list[tuple[int, bool]] = []
+        asked: set[int] = set()
         for output in request.outputs:
             index = self._output_index.get(output.name)
             if index is None:
@@ -347,6 +354,9 @@ class V2Model:
                 raise bad(
                     f"unexpected inference output {output.name!r} for model {self.name!r} (outputs: {known})"
                 )
+            if index in asked:  # each answered once: repeats would multiply the response
+                raise bad(f"output {output.name!r} is asked for twice")
+            asked.add(index)
             parameters = output.parameters or {}
             if parameters.get("classification"):
                 raise bad("the classification extension is not supported; ask for the output itself")
@@ -361,6 +371,7 @@ class V2Model:
         blobs: list[bytes] = []
         for index, binary in chosen:
             spec, array = self.outputs[index], outputs[index]
+            check_finite(array, f"the model's output {spec.name!r} (inputs outside what it can compute)")
             entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
             if binary:
                 blob = to_binary(array, spec)

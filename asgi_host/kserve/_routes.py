@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import msgspec
 
 from .._errors import HTTPError
@@ -20,6 +21,9 @@ __all__ = ["EXTENSIONS", "KServe", "v2_error_response"]
 
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ("binary_tensor_data",)
+# Answers with more elements than this are encoded off the event loop (JSON of 64 Ki floats takes
+# a few milliseconds; a whole 1 MiB request's worth of outputs, much longer).
+ENCODE_ON_LOOP_ELEMENTS = 65_536
 
 _json_encoder = msgspec.json.Encoder()
 
@@ -165,7 +169,11 @@ class KServe:
                 if key not in RESERVED_PARAMETERS
             }
             outputs = await model.run(arrays, parameters, request)
-            return model.respond(parsed, outputs, chosen)
+            if sum(outputs[index].size for index, _ in chosen) <= ENCODE_ON_LOOP_ELEMENTS:
+                return model.respond(parsed, outputs, chosen)
+            # A large answer is encoded on a worker thread: the loop keeps serving (probes included).
+            response: Response = await anyio.to_thread.run_sync(model.respond, parsed, outputs, chosen)
+            return response
 
         return infer
 

@@ -115,6 +115,17 @@ def bad(message: str) -> HTTPError:
     return HTTPError(400, message)
 
 
+def check_finite(array: Array, what: str) -> None:
+    """A float tensor with NaN or an infinity (sent, or out of range for its type: 1e39 as FP32) is
+    422, as `/predict` answers it: never computed on, never answered as `null`."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        where = np.argwhere(~np.isfinite(array))[0].tolist()
+        raise HTTPError(
+            422,
+            f"{what} is not finite (NaN or infinity, or out of range for its type) at index {where}",
+        )
+
+
 def flag(value: Any, name: str) -> bool:
     if value is None:
         return False
@@ -173,6 +184,8 @@ def from_json(tensor: InputTensor) -> Array:
         ) from None
     except msgspec.DecodeError as exc:
         raise bad(f"input {tensor.name!r}: malformed data: {exc}") from None
+    except RecursionError:
+        raise bad(f"input {tensor.name!r}: malformed data: nested too deeply") from None
     dtype = DATATYPES[tensor.datatype][0]
     try:
         if dtype is None:
@@ -180,7 +193,8 @@ def from_json(tensor: InputTensor) -> Array:
             array = np.empty(len(items), dtype=object)
             array[:] = items
         else:
-            array = np.asarray(values, dtype=dtype)
+            with np.errstate(over="ignore"):  # out of range for the type is infinity: 422 below
+                array = np.asarray(values, dtype=dtype)
     except (ValueError, OverflowError) as exc:
         raise bad(f"input {tensor.name!r}: data does not make a {tensor.datatype} tensor: {exc}") from None
     if dtype is not None and array.ndim > 1 and list(array.shape) != tensor.shape:
@@ -290,3 +304,5 @@ def decode_request(header: bytes) -> InferRequest:
         return _request_decoder.decode(header)
     except msgspec.DecodeError as exc:
         raise bad(f"malformed inference request: {exc}") from None
+    except RecursionError:  # msgspec's answer to JSON nested thousands deep (data, parameters)
+        raise bad("malformed inference request: nested too deeply") from None
