@@ -759,7 +759,7 @@ async def test_non_finite_binary_inputs_and_outputs_are_422_as_predict_answers_t
             "/v2/models/m/infer",
             json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]},
         )
-        assert ok.json()["outputs"][0]["data"] == np.float32([1e38, 2e38]).tolist()
+        assert ok.json()["outputs"][0]["data"] == np.array([1e38, 2e38], dtype=np.float32).tolist()
 
 
 async def test_a_large_answer_is_encoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
