@@ -19,7 +19,7 @@ from ._http import Request, Response
 from ._reload import Reloadable, Reloader
 from ._routing import Route, route_path
 
-__all__ = ["ADMIN_PREFIX", "MIN_TOKEN_LENGTH", "AdminEndpoint", "admin_route", "confine"]
+__all__ = ["ADMIN_PREFIX", "MIN_TOKEN_LENGTH", "AdminEndpoint", "admin_route", "authenticate", "confine"]
 
 ADMIN_PREFIX = "/admin/models"
 MIN_TOKEN_LENGTH = 16
@@ -52,6 +52,11 @@ class AdminEndpoint:
 
     async def __call__(self, request: Request) -> Response:
         request.max_body_bytes = MAX_ADMIN_BODY_BYTES
+        raw_path = request.scope.get("raw_path")
+        if raw_path is not None and b"%" in raw_path:
+            # Routing matches the decoded path: `/%61dmin/...` would reach here past a proxy that
+            # blocks `/admin` by the raw path. The admin routes answer an unencoded path only.
+            raise HTTPError(404, f"no route for {request.path!r}; the admin routes take an unencoded path")
         self._authenticate(request)
         path = route_path(request.scope)
         parts = path.removeprefix(ADMIN_PREFIX).strip("/").split("/")
@@ -73,9 +78,7 @@ class AdminEndpoint:
             raise HTTPError(400, f"malformed JSON body: {exc}") from None
         except RecursionError:
             raise HTTPError(400, "malformed JSON body: nested too deeply") from None
-        kwargs: dict[str, Any] = {}
-        if options.weights is not None:
-            kwargs["weights"] = confine(options.weights, resource)
+        kwargs = {} if options.weights is None else confine(options.weights, resource)
         try:
             result = await self._reloader.reload(name, kwargs)
         except ReloadError as exc:
@@ -83,36 +86,43 @@ class AdminEndpoint:
         return Response.json(result)
 
     def _authenticate(self, request: Request) -> None:
-        header = request.headers.get("authorization")
-        if header is None:
-            raise HTTPError(
-                401,
-                "the admin routes need 'Authorization: Bearer <admin token>'",
-                type="unauthorized",
-                headers=[("www-authenticate", 'Bearer realm="asgi_host admin"')],
-            )
-        scheme, _, given = header.partition(" ")
-        # Constant time: the comparison takes as long whichever byte differs.
-        # The header arrived as latin-1 text: compare its bytes with the token's UTF-8 bytes.
-        given_bytes = given.strip().encode("latin-1")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, self._token):
-            raise HTTPError(403, "the admin token is wrong", type="forbidden")
+        authenticate(request, self._token)
 
 
-def confine(weights: str, resource: Reloadable) -> Path:
-    """`weights` resolved (`..` and symlinks), refused with 403 unless under the resource's weights dir."""
+def authenticate(request: Request, token: bytes) -> None:
+    """401 without `Authorization: Bearer <token>`, 403 with another token: the admin routes' check,
+    and the model repository's (`asgi_host.kserve.ModelRepository`)."""
+    header = request.headers.get("authorization")
+    if header is None:
+        raise HTTPError(
+            401,
+            "the admin routes need 'Authorization: Bearer <admin token>'",
+            type="unauthorized",
+            headers=[("www-authenticate", 'Bearer realm="asgi_host admin"')],
+        )
+    scheme, _, given = header.partition(" ")
+    # Constant time: the comparison takes as long whichever byte differs.
+    # The header arrived as latin-1 text: compare its bytes with the token's UTF-8 bytes.
+    given_bytes = given.strip().encode("latin-1")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token):
+        raise HTTPError(403, "the admin token is wrong", type="forbidden")
+
+
+def confine(weights: str, resource: Reloadable) -> dict[str, Any]:
+    """The reload's options for `weights`: the path (relative ones under the resource's weights
+    directory) and `within`, that directory, which the file *opened* must be in.
+
+    The path string is only checked as text (`..` folded): the load opens the file once and checks
+    the real path of what it opened (`WeightsFile`), so a symlink or a rename swapped in meanwhile
+    cannot point the load elsewhere. Outside, either way, is 403.
+    """
     root_of = getattr(resource, "reload_root", None)
     root: Path | None = root_of() if callable(root_of) else None
     if root is None:
         raise HTTPError(403, f"{resource.name!r} has no weights directory: a weights path cannot be given")
-    if "\x00" in weights:
-        raise HTTPError(403, "the weights path is outside the model's weights directory")
-    candidate = Path(weights)
-    if not candidate.is_absolute():
-        candidate = root / candidate
-    resolved = Path(os.path.realpath(candidate))
-    if not resolved.is_relative_to(root):
+    path = Path(os.path.normpath(root / weights))  # `..` folded, nothing read from the disk
+    if "\x00" in weights or not path.is_relative_to(root):
         raise HTTPError(
             403, f"the weights path is outside the model's weights directory ({root}); put the file there"
         )
-    return resolved
+    return {"weights": path, "within": root}

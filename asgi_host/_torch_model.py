@@ -28,6 +28,7 @@ from ._loading import INLINE_THRESHOLD_S, Execution, LoadSpec, ModelVersion, loa
 from ._placement import release_claim
 from ._reload import Replacement
 from ._resources import Resource
+from ._versions import check_version
 from ._view import HostView
 from ._worker import PassThreads
 
@@ -128,7 +129,7 @@ class TorchModel(Resource):
         )
         self.configured_weights = Path(weights) if weights is not None else None
         self.device = device  # as configured ("auto", "cuda:1", ...); `loaded.device` is where it is
-        self.given_version = version  # else the weights' sha256, first 12 hex digits
+        self.given_version = check_version(version)  # else the weights' sha256, first 12 hex digits
         self.loaded: ModelVersion | None = None  # the version serving (or served last)
         self._serving: _Serving | None = None
         self.out_of_memory = 0  # forward passes that ran out of device memory, over every lifespan
@@ -205,6 +206,24 @@ class TorchModel(Resource):
         del module
         return _Serving(handle, threads, loaded)
 
+    async def start_version(self, load: Callable[[], tuple[nn.Module, ModelVersion]]) -> _Serving:
+        """One version loaded by `load` on threads of its own (stopped if it fails) and served by a
+        new handle: the lifespan's version, and each load of a `ModelPool`'s model."""
+        # The model's threads exist before it loads: the thread that warms it up (and records
+        # any CUDA graphs) is the one that serves it. Abandoned on cancellation: a startup
+        # timeout must not wait for a 2-minute load to finish; the process is about to fail.
+        # Passes that run inline leave the thread idle; it still releases the model at the end.
+        threads = PassThreads(self.spec.max_concurrency, f"asgi_host-{self.name}")
+        try:
+            return await self._start(threads, load)
+        except BaseException:
+            threads.stop()
+            raise
+
+    async def release_version(self, serving: _Serving) -> None:
+        """`_release` for a version that is not the model's last (a `ModelPool`'s eviction)."""
+        await self._release(serving, final=False)
+
     async def _release(self, serving: _Serving, *, final: bool) -> None:
         """The one release: refuse passes, wait for those in flight, drop the module, free memory on
         the model's own thread (CUDA graph trees and cuBLAS's per-thread workspaces live in that
@@ -247,16 +266,7 @@ class TorchModel(Resource):
 
     @asynccontextmanager
     async def _lifespan(self, host: HostView) -> AsyncIterator[ModelHandle]:
-        # The model's threads exist before it loads: the thread that warms it up (and records
-        # any CUDA graphs) is the one that serves it. Abandoned on cancellation: a startup
-        # timeout must not wait for a 2-minute load to finish; the process is about to fail.
-        # Passes that run inline leave the thread idle; it still releases the model at the end.
-        threads = PassThreads(self.spec.max_concurrency, f"asgi_host-{self.name}")
-        try:
-            serving = await self._start(threads, lambda: self.load(host.progress.report))
-        except BaseException:
-            threads.stop()
-            raise
+        serving = await self.start_version(lambda: self.load(host.progress.report))
         self._serving, self.loaded = serving, serving.loaded
         try:
             yield serving.handle
@@ -302,6 +312,10 @@ class TorchModel(Resource):
         old = self._serving
         if old is None:
             raise ReloadError(f"model {self.name!r} is not serving: nothing to reload", status=409)
+        try:
+            check_version(version)
+        except ValueError as exc:
+            raise ReloadError(str(exc), status=400) from None
         path = Path(weights) if weights is not None else old.loaded.weights
         threads = PassThreads(self.spec.max_concurrency, f"asgi_host-{self.name}")
         started = time.perf_counter()
@@ -333,6 +347,8 @@ class TorchModel(Resource):
                 threads.stop()
                 await anyio.to_thread.run_sync(threads.join, JOIN_TIMEOUT_S)
                 await anyio.to_thread.run_sync(release_cuda_memory)
+            if status == 403:  # refused (weights outside the directory), not a version that failed
+                raise ReloadError(f"model {self.name!r}: {failure}", status=403)
             self.reload_failures += 1
             self.last_reload = {
                 "status": "failed",

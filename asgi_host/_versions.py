@@ -14,8 +14,10 @@ from contextvars import ContextVar
 from typing import Protocol
 
 __all__ = [
+    "MAX_VERSION_CHARS",
     "VERSION_HEADER",
     "begin_request",
+    "check_version",
     "collecting_versions",
     "record_version",
     "record_versions",
@@ -23,6 +25,22 @@ __all__ = [
 ]
 
 VERSION_HEADER = "x-model-version"
+MAX_VERSION_CHARS = 128
+
+
+def check_version(version: str | None) -> str | None:
+    """`version` if it can go in a header as it is (visible ASCII and spaces, at most 128), else
+    `ValueError` now: a CR, LF or non-latin-1 character would break every response it is stamped on."""
+    if version is None:
+        return None
+    if not isinstance(version, str) or not version.strip():
+        raise ValueError(f"a model version is a non-empty string, got {version!r}")
+    if len(version) > MAX_VERSION_CHARS or not all(" " <= c <= "~" for c in version):
+        raise ValueError(
+            f"a model version goes in the x-model-version header: printable ASCII only, at most "
+            f"{MAX_VERSION_CHARS} characters; got {version[:40]!r}{'...' if len(version) > 40 else ''}"
+        )
+    return version
 
 # The versions of the models whose passes ran for the current request (in its task's context).
 _used_versions: ContextVar[list[str] | None] = ContextVar("asgi_host_model_versions", default=None)

@@ -78,6 +78,8 @@ class WeightsFile:
 class WeightsOutside(ModelLoadError):
     """The weights file opened is not in the directory it must be in (the admin route's 403)."""
 
+    status = 403  # the reload's answer
+
     def __init__(self, root: Path) -> None:
         self.root = root
         super().__init__(

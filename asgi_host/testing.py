@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote
 
 import anyio
 import msgspec
@@ -145,14 +146,15 @@ def http_scope(
     root_path: str = "",
     state: State | None = None,
 ) -> Scope:
-    """An HTTP scope as a server builds it (`path` includes `root_path`)."""
+    """An HTTP scope as a server builds it from the request target `path` (which includes
+    `root_path`): `raw_path` as sent, `path` percent-decoded."""
     scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
         "method": method.upper(),
         "scheme": "http",
-        "path": path,
+        "path": unquote(path),
         "raw_path": path.encode(),
         "query_string": query_string,
         "root_path": root_path,
