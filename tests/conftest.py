@@ -33,6 +33,8 @@ WHOLE_MODULES = {
     "test_kserve_server",
     "test_openai_embeddings",
     "test_openapi",
+    "test_pool_server",
+    "test_readme",
     "test_smollm2",
     "test_streaming_docs",
 }

@@ -163,3 +163,19 @@ async def test_progress_is_shown_while_a_long_startup_runs() -> None:
     assert report.exit_code == 0
     assert "\rstarting... 0.5 s" in stream.getvalue() or "\rstarting... 0.6 s" in stream.getvalue()
     assert stream.getvalue().endswith("\r")  # the line is cleared once startup ends
+
+
+def test_the_trio_backend_without_trio_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from asgi_host._doctor import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trio" else real_find_spec(name, *a)
+    )
+    assert main(["check", "examples.app:app", "--backend", "trio"]) == 3
+    err = capsys.readouterr().err
+    assert err == "asgi-host check: --backend trio needs trio, which is not installed: pip install trio\n"

@@ -443,8 +443,8 @@ def test_the_snippet_in_protocols_md_runs(
     from tests.test_doc_snippets import python_block
 
     block = python_block("docs/protocols.md", "## OpenAI-compatible embeddings")
-    assert "http://127.0.0.1:8000/v1" in block
-    code = block.replace("http://127.0.0.1:8000", embed_server.url)
+    assert "http://127.0.0.1:8001/v1" in block
+    code = block.replace("http://127.0.0.1:8001", embed_server.url)
     namespace: dict[str, Any] = {"__name__": "protocols_md"}
     try:
         exec(compile(code, "docs/protocols.md", "exec", dont_inherit=True), namespace)

@@ -85,7 +85,7 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 def readme_chat_block() -> str:
     text = (ROOT / "README.md").read_text()
     found = re.findall(r"```sh\n(.*?)```", text[text.index("## Stream a small language model") :], re.DOTALL)
-    return str(found[0])
+    return str(found[1])  # [0] is `make chat`
 
 
 @pytest.mark.server
@@ -105,6 +105,6 @@ def test_the_chat_curl_streams_the_answer(chat_server: ServerProcess, where: str
 
 @pytest.mark.server
 def test_the_openai_snippet_prints_the_answer(chat_server: ServerProcess) -> None:
-    code = blocks("python")[3].replace("127.0.0.1:8000", f"127.0.0.1:{chat_server.port}")
+    code = blocks("python")[3].replace("127.0.0.1:8002", f"127.0.0.1:{chat_server.port}")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "The capital of France is Paris.", out.stderr
