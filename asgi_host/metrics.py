@@ -20,6 +20,11 @@ Exposes, in the Prometheus text format written by prometheus-client:
 - `asgi_host_cuda_memory_bytes{kind}`: allocated and reserved CUDA memory, when CUDA is in use;
 - `asgi_host_model_version_info{model,version}`: 1 for the version each model serves;
   `asgi_host_model_reloads_total{model,outcome}`: reloads, `ok` or `failed`;
+- for each `ModelPool` (the series it describes itself, `metric_families()`):
+  `asgi_host_pool_budget_bytes{pool}`, `asgi_host_pool_used_bytes{pool}`, and per model
+  `asgi_host_pool_model_state{pool,model,state}` (1 for its state), `..._bytes`, `..._in_flight`,
+  `..._load_seconds`, `..._loads_total`, `..._evictions_total`, `..._unloads_total`,
+  `..._load_failures_total`;
 - for each `Generator` (asgi_host.generation), with vLLM's names, which dashboards expect
   (`model_name` is the generator's name): `vllm:time_to_first_token_seconds`,
   `vllm:inter_token_latency_seconds`, `vllm:e2e_request_latency_seconds`,
@@ -151,6 +156,8 @@ class Metrics:
                 self._watch_load(resource)
             if hasattr(resource, "generated_tokens") and hasattr(resource, "observers"):
                 self._watch_generator(resource)
+            if callable(getattr(resource, "metric_families", None)):
+                self.registry.register(_Described(resource))
         if cuda_memory() is not None:  # torch imported (never just for metrics) and CUDA there
             for kind in ("allocated", "reserved"):
                 self.cuda_memory.labels(kind).set_function(partial(_cuda_bytes, f"{kind}_bytes"))
@@ -273,6 +280,26 @@ class _ModelVersions(Collector):
         yield reloads
 
 
+class _Described(Collector):
+    """The series a resource describes itself (a `ModelPool`), read at each scrape: its
+    `metric_families()` gives (name, "gauge" or "counter", help, label names, [(values, value)])."""
+
+    def __init__(self, resource: Any) -> None:
+        self.resource = resource
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, kind, documentation, labels, samples in self.resource.metric_families():
+            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                name, documentation, labels=list(labels)
+            )
+            for values, value in samples:
+                family.add_metric(list(values), value)
+            yield family
+
+
 # vLLM's buckets, so that its dashboards read these histograms as they read vLLM's.
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 ITL_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
@@ -348,6 +375,13 @@ class _GenerationMetrics:
             buckets=TTFT_BUCKETS_S,
             registry=r,
         )
+        self.cancel = Histogram(
+            "asgi_host_generation_cancel_seconds",
+            "From the host seeing the client leave to the generation's cache slot being free.",
+            label,
+            buckets=ITL_BUCKETS_S,
+            registry=r,
+        )
         self.prompt = Counter("vllm:prompt_tokens", "Prompt tokens prefilled.", label, registry=r)
         self.generated = Counter("vllm:generation_tokens", "Tokens generated.", label, registry=r)
         self.success = Counter(
@@ -360,7 +394,9 @@ class _GenerationMetrics:
 
     def watch(self, generator: Any) -> None:
         name = generator.name
-        ttft, itl, e2e, queue = (m.labels(name) for m in (self.ttft, self.itl, self.e2e, self.queue))
+        ttft, itl, e2e, queue, cancel = (
+            m.labels(name) for m in (self.ttft, self.itl, self.e2e, self.queue, self.cancel)
+        )
         prompt, generated = self.prompt.labels(name), self.generated.labels(name)
         self.running.labels(name).set_function(lambda: generator.active)
         self.waiting.labels(name).set_function(lambda: generator.waiting)
@@ -376,6 +412,8 @@ class _GenerationMetrics:
                 generated.inc()
             elif kind == "queued":
                 queue.observe(event.seconds)
+            elif kind == "cancelled":
+                cancel.observe(event.seconds)
             elif kind == "finished":
                 e2e.observe(event.seconds)
                 prompt.inc(event.prompt_tokens)

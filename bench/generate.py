@@ -7,9 +7,9 @@
   prompts that do not end sooner), time to first token and between tokens, for examples.chat and
   the peer (`bench.chat_peer`: FastAPI + transformers' TextIteratorStreamer, generate() in a thread
   per request), both under uvicorn on the same GGUF weights; tokens counted by the file's tokenizer.
-- `cancel`: a client reads five chunks and leaves; the time until the server's generator holds no
-  sequence (its `/metrics`, read every 2 ms), under hypercorn, uvicorn and granian, beside the time
-  of a decode step.
+- `cancel`: a client reads five chunks and leaves; the time until its generation has left its cache
+  slot (written by the server, `bench.chat_probe`, on the machine's monotonic clock, so nothing
+  polls the server meanwhile), under hypercorn, uvicorn and granian, beside the time of a decode step.
 - `aborts`: 1,000 clients leave in process (queued, in prefill, in decode); what is left after:
   sequences, slots, asyncio tasks, and the resident memory against the start.
 - `slow-reader`: a client that stops reading for `--slow-s` seconds while its generation goes on:
@@ -22,7 +22,7 @@ import argparse
 import asyncio
 import os
 import platform
-import re
+import signal
 import statistics
 import sys
 import time
@@ -130,39 +130,45 @@ def throughput(args: argparse.Namespace) -> None:
         )
 
 
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=5).text
-    match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def cancel(args: argparse.Namespace) -> None:
     import socket
+    import tempfile
 
-    print("| server | stopped after the client left, ms: median / max | a decode step, ms |\n|---|---|---|")
+    print(
+        "| server | client gone -> slot freed, ms: median / max | of which host saw it -> freed | "
+        "a decode step, ms |\n|---|---|---|---|"
+    )
     for server_name in ("hypercorn", "uvicorn", "granian"):
-        server = start("examples.chat:app", server_name, SETTINGS)
+        probe = Path(tempfile.mkdtemp()) / "cancelled"
+        server = start("bench.chat_probe:app", server_name, {**SETTINGS, "BENCH_PROBE_FILE": str(probe)})
         try:
             body = msgspec.json.encode(question(0, 400))
             request = (
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: b\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(body), body)
             )
-            latencies, steps = [], []
-            for _ in range(args.trials):
+            latencies, after_seen, steps = [], [], []
+            for trial in range(args.trials):
                 with socket.create_connection(("127.0.0.1", server.port)) as sock:
                     sock.sendall(request)
                     data, arrived = b"", []
                     while data.count(b"data: ") < 6:
                         data += sock.recv(65536)
                         arrived.append(time.perf_counter())
-                    left = time.perf_counter()
+                    left = time.monotonic()  # the clock the probe writes
                 steps.append((arrived[-1] - arrived[-3]) / 2 if len(arrived) > 3 else 0.0)
-                while metric(server.url, "vllm:num_requests_running"):
-                    time.sleep(0.002)
-                latencies.append(time.perf_counter() - left)
+                deadline = left + 30
+                lines: list[str] = []
+                while len(lines) <= trial and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                    lines = probe.read_text().splitlines() if probe.exists() else []
+                freed_at, seconds = (float(x) for x in lines[trial].split())
+                latencies.append(freed_at - left)
+                after_seen.append(seconds)
             stopped = f"{statistics.median(latencies) * 1e3:.0f} / {max(latencies) * 1e3:.0f}"
-            print(f"| {server_name} | {stopped} | {statistics.median(steps) * 1e3:.0f} |", flush=True)
+            seen = f"{statistics.median(after_seen) * 1e3:.0f} / {max(after_seen) * 1e3:.0f}"
+            step = statistics.median(steps) * 1e3
+            print(f"| {server_name} | {stopped} | {seen} | {step:.0f} |", flush=True)
         finally:
             server.stop()
 
@@ -188,6 +194,7 @@ async def aborts(args: argparse.Namespace) -> None:
         tasks_before, rss_before = len(asyncio.all_tasks()), rss_bytes()
         stages = {"queued or prefilling (left at once)": 0, "decoding (left after 3 chunks)": 3}
         started = time.perf_counter()
+        checkpoints: list[str] = []
         for i in range(args.aborts):
             scope = http_scope(
                 "POST",
@@ -199,13 +206,15 @@ async def aborts(args: argparse.Namespace) -> None:
             await call(
                 app, scope, [{"type": "http.request", "body": body}], disconnect_after=after, timeout_s=30
             )
+            if (i + 1) % (args.aborts // 4 or 1) == 0:  # growth would show as a rising series
+                checkpoints.append(f"{rss_bytes() / 2**20:.0f}")
         await anyio.sleep(0.5)
         seconds = time.perf_counter() - started
         state = f"active {generator.active}, waiting {generator.waiting}, free slots {generator.free_slots}/4"
         print(
             f"{args.aborts} clients left ({', '.join(stages)}, alternating) in {seconds:.1f} s: {state}, "
             f"cancelled {generator.cancelled}, asyncio tasks {tasks_before} -> {len(asyncio.all_tasks())}, "
-            f"RSS {rss_before / 2**20:.0f} -> {rss_bytes() / 2**20:.0f} MiB"
+            f"RSS {rss_before / 2**20:.0f} MiB before, then at each quarter {' / '.join(checkpoints)} MiB"
         )
 
 
@@ -277,6 +286,8 @@ def main() -> None:
     parser.add_argument("--slow-s", type=float, default=60.0)
     parser.add_argument("--slow-tokens", type=int, default=1500)
     args = parser.parse_args()
+    # A SIGTERM (a timeout, a kill) unwinds like Ctrl-C, so the servers started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(
         f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs, python "
         f"{sys.version.split()[0]}\n",

@@ -234,6 +234,7 @@ async def test_the_metrics_have_vllms_names(chat: LifespanDriver) -> None:
         "asgi_host_generations_cancelled_total",
         "vllm:prefix_cache_queries_total",
         "vllm:prefix_cache_hits_total",
+        "asgi_host_generation_cancel_seconds_bucket",
     ):
         assert name in text, name
 

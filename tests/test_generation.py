@@ -220,6 +220,8 @@ async def test_a_reader_that_leaves_frees_its_slot_at_each_stage() -> None:
 
 async def test_cancellation_takes_at_most_the_step_that_is_running() -> None:
     gen = generator()
+    events: list[GenerationEvent] = []
+    gen.observers.append(events.append)
     async with LifespanDriver(host(gen)) as lifespan:
         model = model_of(lifespan)
         model.delay_s = 0.2  # each step 200 ms
@@ -232,6 +234,10 @@ async def test_cancellation_takes_at_most_the_step_that_is_running() -> None:
         freed = anyio.current_time() - left
         assert freed < 0.2 + 0.1  # the step running when it left, and no more
         assert len(model.calls) <= steps + 1
+    cancelled = [event for event in events if event.kind == "cancelled"]
+    assert len(cancelled) == 1  # observed when the slot was freed, for the metrics and benchmarks
+    assert 0 <= cancelled[0].seconds <= freed
+    assert not any(event.kind == "finished" for event in events)
 
 
 async def test_limits_are_errors_with_the_right_status() -> None:

@@ -52,8 +52,9 @@ NewCache = Callable[[nn.Module, int, int], Any]
 @dataclass(frozen=True)
 class GenerationEvent:
     """What the metrics observe: `kind` is `queued` (seconds waiting for a slot), `first_token` (time
-    to first token), `token` (seconds since the sequence's previous token), or `finished` (seconds
-    from the request to its end), with the sequence's `reason` and token counts when finished."""
+    to first token), `token` (seconds since the sequence's previous token), `finished` (seconds
+    from the request to its end), with the sequence's `reason` and token counts when finished, or
+    `cancelled` (a cancelled sequence left its slot: seconds since its reader left)."""
 
     kind: str
     seconds: float
@@ -300,6 +301,8 @@ class Generator(Resource):
                 self._free.append(slot)
                 self._prefixes.leave(slot, sequence.cached_tokens())
                 sequence.slot = None
+                if sequence.cancelled_at is not None:
+                    self._observe(GenerationEvent("cancelled", time.monotonic() - sequence.cancelled_at))
         if any(s.finished for s in self._waiting):
             self._waiting = deque(s for s in self._waiting if not s.finished)
 

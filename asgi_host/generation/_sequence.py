@@ -59,6 +59,7 @@ class Sequence:
     started_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
+    cancelled_at: float | None = None
     _taken_tokens: int = 0
     _taken_text: int = 0
     # Incremental detokenization: the last prompt tokens as context (a tokenizer may decode a first
@@ -116,6 +117,7 @@ class Sequence:
     def cancel(self) -> None:
         """The reader left: the decode loop drops the sequence at its next step."""
         self.cancelled = True
+        self.cancelled_at = time.monotonic()
         if self.finish_reason is None:
             self.finish_reason = "cancelled"
         self._ready.set()
