@@ -102,3 +102,12 @@ def test_hop_with_and_without_torch_work() -> None:
     out = bench("hop", "-n", "50")
     assert "| asyncio | model thread, Iris pass |" in out
     assert "| trio | Iris pass on the loop (no hand-off) |" in out
+
+
+def test_generate_aborts_and_a_slow_reader() -> None:
+    out = bench(
+        "generate", "--only", "aborts", "slow-reader", "--aborts", "8", "--slow-s", "2", "--slow-tokens", "40"
+    )
+    assert "8 clients left" in out
+    assert "active 0, waiting 0, free slots 4/4, cancelled 8" in out
+    assert "a reader stopped for 2.0 s" in out
