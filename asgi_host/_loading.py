@@ -268,6 +268,10 @@ def _compile(
     """`torch.compile` the module and warm it up at each batch size; eager on failure if allowed."""
     options = spec.compile_options or {}
     sizes: list[int | None] = [None, *spec.warmup_batch_sizes]
+    if isinstance(spec.warmup, torch.Tensor) and not any(n >= 2 for n in spec.warmup_batch_sizes):
+        # Compiled for the warmup input's rows only, the first request with more rows would
+        # compile again; 2 rows with the batch dimension dynamic cover every size from 2 on.
+        sizes.append(2)
     if options.get("mode") in CUDA_GRAPH_MODES:
         cuda_graph_thread_state()
     started = time.perf_counter()
@@ -343,9 +347,13 @@ def _warm(
     try:
         with torch.inference_mode():
             if isinstance(warmup, torch.Tensor):
-                x = warmup.to(device=device, dtype=spec.dtype or warmup.dtype)
+                # Made here, as requests make theirs: an inference tensor (one made outside inference
+                # mode has another dispatch key set, and a compiled module recompiles for it).
+                x = warmup.to(device=device, dtype=spec.dtype or warmup.dtype).clone()
                 if rows is not None:
                     x = x[:1].repeat(rows, *([1] * (x.dim() - 1)))
+                if compiling and rows is not None and rows >= 2:
+                    torch._dynamo.mark_dynamic(x, 0)  # one graph for every batch size from 2 on
                 module(x)
             elif rows is None:
                 warmup(module)

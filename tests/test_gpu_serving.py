@@ -289,6 +289,27 @@ async def test_compiled_model_answers_like_eager_and_the_first_request_needs_no_
     assert torch.allclose(torch.tensor(answers["compiled"]), torch.tensor(answers["eager"]), atol=1e-5)
 
 
+@pytest.mark.one_loop
+@pytest.mark.server  # inductor compiles in worker processes
+async def test_after_a_one_row_warmup_no_request_compiles_whatever_its_rows() -> None:
+    # Before: the warmup tensor was made outside inference mode (the first request recompiled for
+    # its dispatch keys), and the first request of 2 rows or more compiled again.
+    model = TorchModel(IrisMLP, WEIGHTS, device="cpu", warmup=torch.zeros(1, 4), compile=True)
+    host = Host(
+        resources=[model],
+        routes=[Route("/predict", Classifier(labels=LABELS, n_features=4).endpoint, methods=["POST"])],
+        startup_timeout_s=300,
+    )
+    inputs, _ = load_dataset()
+    async with LifespanDriver(host, startup_timeout_s=300) as lifespan:
+        assert model.compiled
+        compiles = counters["frames"]["total"]
+        for rows in (1, 2, 3, 17, 150, 1):
+            result = await lifespan.request("POST", "/predict", json={"inputs": inputs[:rows]})
+            assert result.status == 200, result.body
+            assert counters["frames"]["total"] == compiles, f"a request of {rows} rows compiled"
+
+
 class BreaksTheGraph(nn.Module):
     def __init__(self) -> None:
         super().__init__()
