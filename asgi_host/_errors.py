@@ -17,8 +17,10 @@ __all__ = [
     "LifespanError",
     "LifespanProtocolError",
     "ModelLoadError",
+    "ModelTooLarge",
     "OpenAIError",
     "OutOfMemory",
+    "PoolFull",
     "ReloadError",
     "ReloadInProgress",
     "ReplicaUnhealthy",
@@ -139,6 +141,51 @@ class OutOfMemory(HTTPError):
 
 class ModelLoadError(AsgiHostError):
     """The model could not be built, loaded or placed; the message says what to change."""
+
+
+class PoolFull(HTTPError):
+    """A `ModelPool` found no room for a model: every resident model had a pass in flight for the
+    pool's whole wait. 503 with `Retry-After`, type `pool_full`; `model`, `needed_bytes`,
+    `budget_bytes` and `in_use_bytes` say how far it was."""
+
+    def __init__(
+        self, model: str, needed_bytes: int, budget_bytes: int, in_use_bytes: int, *, retry_after_s: int = 1
+    ) -> None:
+        self.model = model
+        self.needed_bytes = needed_bytes
+        self.budget_bytes = budget_bytes
+        self.in_use_bytes = in_use_bytes
+        super().__init__(
+            503,
+            f"no room for model {model!r} ({mib(needed_bytes)}): {mib(in_use_bytes)} of the pool's "
+            f"{mib(budget_bytes)} are held by models with passes in flight; retry later",
+            type="pool_full",
+            headers=[("retry-after", str(retry_after_s))],
+        )
+
+
+class ModelTooLarge(HTTPError, ModelLoadError):
+    """A model needs more than a `ModelPool`'s whole budget: its load fails naming both sizes
+    (`needed_bytes`, `budget_bytes`). Answered 507 (insufficient storage), type `model_too_large`:
+    retrying cannot help until the budget grows."""
+
+    def __init__(self, model: str, needed_bytes: int, budget_bytes: int, *, measured: bool = True) -> None:
+        self.model = model
+        self.needed_bytes = needed_bytes
+        self.budget_bytes = budget_bytes
+        what = "measured at its load" if measured else "its weights file"
+        super().__init__(
+            507,
+            f"model {model!r} needs {mib(needed_bytes)} ({needed_bytes} bytes, {what}), more than the "
+            f"pool's whole budget of {mib(budget_bytes)} ({budget_bytes} bytes): raise the budget, or "
+            "serve it from a pool of its own",
+            type="model_too_large",
+        )
+
+
+def mib(size: int) -> str:
+    """`size` bytes in MiB, as the pool's messages write it."""
+    return f"{size / 2**20:.1f} MiB"
 
 
 class ConfigError(AsgiHostError):

@@ -166,6 +166,12 @@ class V2Model:
         }
 
     def ready(self, state: Mapping[str, Any]) -> bool:
+        """Its model answers now: there, not shutting down, and (a `ModelPool`'s) resident."""
+        handle = state.get(self.resource)
+        return self.available(state) and getattr(handle, "ready", True)
+
+    def available(self, state: Mapping[str, Any]) -> bool:
+        """A request would be answered: ready, or a `ModelPool`'s model that loads when asked for."""
         handle = state.get(self.resource)
         return handle is not None and not getattr(handle, "closing", False)
 
@@ -254,16 +260,34 @@ class V2Model:
                 f"resource yielded (keys: {', '.join(map(repr, state)) or 'none'}): pass resource= the "
                 "TorchModel's name, and the TorchModel to the host's resources"
             )
-        if self.check_outputs and all(spec.datatype != "BYTES" for spec in self.inputs):
-            arrays = [zeros(spec, 2 if self.batched else 1) for spec in self.inputs]
-            try:
-                await handle.run(self._forward, arrays, None, handle.device, handle.dtype)
-            except Exception as exc:
-                raise RuntimeError(
-                    f"v2 model {self.name!r}: fn on zeros of the declared input shapes failed: {exc} "
-                    "(fix fn or the TensorSpecs, or pass check_outputs=False)"
-                ) from exc
-        yield
+        if not self.check_outputs or any(spec.datatype == "BYTES" for spec in self.inputs):
+            yield
+            return
+        checks = getattr(handle, "checks", None)
+        if checks is None:
+            await self._check_outputs(handle)
+            yield
+            return
+        # A `ModelPool`'s model: checked on each version it loads (a failure fails that load), not
+        # loaded here for it; checked now if it is resident already (pinned).
+        checks.append(self._check_outputs)
+        try:
+            if handle.ready:
+                async with handle.use() as version:  # held: not evicted meanwhile
+                    await self._check_outputs(version)
+            yield
+        finally:
+            checks.remove(self._check_outputs)
+
+    async def _check_outputs(self, handle: Any) -> None:
+        arrays = [zeros(spec, 2 if self.batched else 1) for spec in self.inputs]
+        try:
+            await handle.run(self._forward, arrays, None, handle.device, handle.dtype)
+        except Exception as exc:
+            raise RuntimeError(
+                f"v2 model {self.name!r}: fn on zeros of the declared input shapes failed: {exc} "
+                "(fix fn or the TensorSpecs, or pass check_outputs=False)"
+            ) from exc
 
     # -- a request ------------------------------------------------------------------------------
 

@@ -119,7 +119,7 @@ class KServe:
         if readiness.status != "ready":
             reason = f": {readiness.reason}" if readiness.reason else ""
             raise HTTPError(503, f"the server is not ready ({readiness.status}{reason})")
-        waiting = [name for name, model in self.models.items() if not model.ready(request.state)]
+        waiting = [name for name, model in self.models.items() if not model.available(request.state)]
         if waiting:
             raise HTTPError(503, f"models not ready: {', '.join(waiting)}")
         return Response.json({"ready": True})
