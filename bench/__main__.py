@@ -13,6 +13,7 @@ python -m bench protocols [args]      # KServe v2 infer vs /predict, in-process 
 python -m bench gpu [args]            # GPU: memory, time to ready, MiniLM batching, compile, OOM
 python -m bench reload [args]         # swapping a model in place: time to swap, memory peak
 python -m bench openai [args]         # the OpenAI embeddings layer against /embed, in process
+python -m bench pool [args]           # ModelPool: resident cost, 16 clients on 8 models, memory back, cycles
 python -m bench generate [args]       # streaming generation: examples.chat vs FastAPI + transformers
 """
 
@@ -36,6 +37,7 @@ COMMANDS = {
     "ray": "bench.ray_replicas",
     "reload": "bench.reload",
     "openai": "bench.openai_embeddings",
+    "pool": "bench.pool",
     "generate": "bench.generate",
 }
 

@@ -39,6 +39,14 @@ def test_reload_iris() -> None:
     assert "| iris | 2 |" in out
 
 
+def test_pool_short() -> None:
+    out = bench("pool", "-n", "200", "--requests", "2", "--cycles", "60", "--no-http")
+    assert "| asyncio | v2 infer, inline |" in out
+    assert "| in process, trio | 8 | 0 |" in out  # no failed request
+    assert "unload calls returned s" in out
+    assert "- cycles: 60" in out
+
+
 def test_startup_smallest_size() -> None:
     out = bench("startup", "--sizes-mb", "10", "--repeats", "1")
     assert "| 10 MB | safetensors |" in out
