@@ -8,6 +8,7 @@ prompt chunk written to the wrong positions, gives another answer.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ class Recall(nn.Module):
         super().__init__()
         self.calls: list[tuple[int, int]] = []  # (rows, tokens per row) of each forward
         self.delay_s = 0.0  # each forward takes this long: a model busy between tokens
+        self.gate: threading.Event | None = None  # when set: each forward waits for it
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(
@@ -44,6 +46,8 @@ class Recall(nn.Module):
         self.calls.append((tokens.shape[0], tokens.shape[1]))
         if self.delay_s:
             time.sleep(self.delay_s)
+        if self.gate is not None:
+            self.gate.wait(10)
         store: torch.Tensor = cache.data  # a tensor's .data is itself; a CopyingCache's its tensor
         store[slots[:, None], positions] = tokens
         following = (store[slots, 0] + positions[:, -1] + 1) % VOCAB
@@ -261,6 +265,30 @@ async def test_limits_are_errors_with_the_right_status() -> None:
             tg.cancel_scope.cancel()
         await waiting.aclose()
         await busy.aclose()
+
+
+async def test_requests_that_arrive_during_a_step_take_the_free_slots_before_any_waits() -> None:
+    # Before: a burst into free slots while the loop ran a step counted as waiting, and was refused.
+    gen = generator(max_sequences=3, max_waiting=1)
+    async with LifespanDriver(host(gen)) as lifespan:
+        model = model_of(lifespan)
+        model.gate = threading.Event()  # every step waits until the gate opens
+        busy = gen.generate([1], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))
+        params = SamplingParams(max_tokens=2, temperature=0)
+        joined = [gen.generate([2], params) for _ in range(3)]  # two free slots, then one waits
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anext, busy)
+            await until(lambda: len(model.calls) == 1)  # its prefill is running (held at the gate)
+            assert gen.free_slots == 2
+            for stream in joined:
+                tg.start_soon(anext, stream)
+            await until(lambda: gen.waiting == 3)
+            with pytest.raises(HTTPError, match="1 requests are waiting for one of 3") as full:
+                await anext(gen.generate([3], params))
+            assert full.value.status == 503
+            model.gate.set()
+        for stream in [*joined, busy]:
+            await stream.aclose()
 
 
 async def test_shutdown_ends_the_generations_in_flight_with_503() -> None:

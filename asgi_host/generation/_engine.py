@@ -210,10 +210,13 @@ class Generator(Resource):
                 f"prompt and max_tokens={params.max_tokens} need {needed + 1}: shorten the prompt or "
                 "lower max_tokens",
             )
-        if len(self._waiting) >= self.max_waiting:
+        # Requests that arrived since the loop last admitted will take the slots free now: only
+        # those beyond them wait (a burst into free slots was refused while the loop ran a step).
+        waiting = len(self._waiting) - len(self._free)
+        if waiting >= self.max_waiting:
             raise HTTPError(
                 503,
-                f"{len(self._waiting)} requests are waiting for one of {self.max_sequences} sequence slots "
+                f"{waiting} requests are waiting for one of {self.max_sequences} sequence slots "
                 f"(max_waiting={self.max_waiting}); retry later",
                 headers=[("retry-after", str(self.retry_after_s()))],
             )
