@@ -14,7 +14,7 @@ import anyio
 import msgspec
 import pytest
 
-from asgi_host.generation import Generator
+from asgi_host.generation import Generator, SamplingParams
 from asgi_host.testing import LifespanDriver
 from examples.chat import ChatConfig, make_app
 from examples.smollm2 import KVCache, greedy
@@ -205,12 +205,18 @@ async def test_a_full_queue_is_a_503_before_any_byte(chat: LifespanDriver) -> No
     # tests/test_generation.py fills the queue of a toy model; here the answer's shape is checked:
     # the generator's 503 comes before any byte of the stream, as OpenAI's error object.
     generator = generator_of(chat)
-    generator.max_waiting = 0  # every request finds the queue full
+    params = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+    holding = [generator.generate([1, 2, 3], params) for _ in range(generator.max_sequences)]
+    generator.max_waiting = 0  # every slot taken and no waiting: the next request is refused
     try:
+        for stream in holding:
+            await anext(stream)
         refused = await post(chat, CHAT, ask(QUESTIONS[0], stream=True))
         whole = await post(chat, CHAT, ask(QUESTIONS[0]))
     finally:
         generator.max_waiting = 4
+        for stream in holding:
+            await stream.aclose()
     for result in (refused, whole):
         assert result.status == 503
         assert result.header("retry-after") is not None
