@@ -4,16 +4,19 @@ Each request submits a list of rows; the batcher concatenates the rows of
 queued requests (up to `max_batch_rows`, waiting at most `max_wait_s` after the
 first), calls the batch function once, and hands each request its own slice
 of the outputs, in order. The queue is bounded in rows; when it is full the
-request is refused with 503 and a `Retry-After` estimated from the queue and
-recent batch times. The batch loop is a resource: it starts after the model,
-and at shutdown it stops taking work, finishes what was admitted (within
-`drain_timeout_s`) and only then lets the model go.
+request is refused with 503 and a `Retry-After` estimated from the rows ahead
+and measured pass times (the pass running now counts for at least as long as it
+has run). A request whose client leaves while queued gives its rows back at
+once: only live rows count against the queue. The batch loop is a resource: it
+starts after the model, and at shutdown it stops taking work, finishes what was
+admitted (within `drain_timeout_s`) and only then lets the model go.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -27,7 +30,9 @@ from ._config import check_constraints
 from ._errors import ClientDisconnect, HTTPError, OutOfMemory
 from ._http import Request
 from ._inflight import InFlight
+from ._request_ids import current_context, request_ids
 from ._resources import Resource
+from ._tracing import PassTimes, record_pass, timing_pass, traced
 from ._versions import collecting_versions, record_versions
 from ._view import HostView
 
@@ -64,7 +69,18 @@ BatchFn = Callable[[Mapping[str, Any], list[T]], Awaitable[Sequence[R]]]
 
 
 class _Entry(Generic[T, R]):
-    __slots__ = ("cancelled", "done", "error", "result", "rows", "versions")
+    __slots__ = (
+        "cancelled",
+        "done",
+        "error",
+        "queued",
+        "request",
+        "result",
+        "rows",
+        "times",
+        "traced_at",
+        "versions",
+    )
 
     def __init__(self, rows: list[T]) -> None:
         self.rows = rows
@@ -72,7 +88,11 @@ class _Entry(Generic[T, R]):
         self.result: list[R] | None = None
         self.error: HTTPError | None = None
         self.cancelled = False
+        self.queued = True  # in the queue, its rows counted; False once taken into a batch or cancelled
         self.versions: list[str] = []  # of the model(s) its pass ran on (x-model-version)
+        self.traced_at = time.time_ns() if traced() else 0  # when queued, for a traced request's spans
+        self.times: PassTimes | None = None  # its pass's, when traced
+        self.request = current_context()  # its id, for the batch loop's log lines
 
 
 class Batcher(Resource, Generic[T, R]):
@@ -93,14 +113,20 @@ class Batcher(Resource, Generic[T, R]):
     ) -> None:
         self.batch_fn = batch_fn
         self.settings = settings or Batching()
-        self._queue: deque[_Entry[T, R]] = deque()
+        self._queue: deque[_Entry[T, R]] = deque()  # may hold cancelled entries: skipped, rows uncounted
+        self._cancelled_in_queue = 0
         self._batch: list[_Entry[T, R]] = []  # taken off the queue for the pass being filled or run
         self._queued_rows = 0
         self._wakeup = anyio.Event()
         self._admitted = InFlight()  # requests submitted and not yet answered, for the drain
         self._running = False
         self._closing = False
-        self._batch_seconds = 0.0  # moving average, for Retry-After
+        # Seconds and rows of recent passes, each sum decaying by 0.8 per pass: their ratio is the
+        # time a row takes, weighted by rows (for Retry-After).
+        self._recent_s = 0.0
+        self._recent_rows = 0.0
+        self._pass_began: float | None = None  # while a pass runs, and its rows
+        self._pass_rows = 0
         self._state: Mapping[str, Any] = {}
         self.batches = 0
         self.batched_rows = 0
@@ -118,9 +144,17 @@ class Batcher(Resource, Generic[T, R]):
         return self._closing
 
     def retry_after_s(self) -> int:
-        """Seconds until the queue as it is now would have drained, from recent batch times."""
-        batches_ahead = math.ceil(self._queued_rows / self.settings.max_batch_rows) + 1
-        return max(1, math.ceil(batches_ahead * max(self._batch_seconds, self.settings.max_wait_s)))
+        """Seconds until the queue as it is now would have drained: what is left of the pass running
+        now, then the rows waiting, at the time a row took in recent passes (weighted by rows). The
+        running pass's rows take at least as long as they have so far: before any pass has ended,
+        that is all there is to go on."""
+        row_s = self._recent_s / self._recent_rows if self._recent_rows else 0.0
+        left_s = 0.0
+        if self._pass_began is not None:
+            running_s = anyio.current_time() - self._pass_began
+            row_s = max(row_s, running_s / max(1, self._pass_rows))
+            left_s = max(0.0, row_s * self._pass_rows - running_s)
+        return max(1, math.ceil(left_s + self._queued_rows * row_s))
 
     async def submit(self, rows: list[T], request: Request | None = None) -> list[R]:
         """Queue `rows` and wait for their outputs.
@@ -159,8 +193,7 @@ class Batcher(Resource, Generic[T, R]):
 
                         async def watch() -> None:
                             nonlocal disconnected
-                            while (await request.receive()).get("type") != "http.disconnect":
-                                pass
+                            await request.wait_disconnect()
                             disconnected = True
                             tg.cancel_scope.cancel()
 
@@ -169,7 +202,7 @@ class Batcher(Resource, Generic[T, R]):
                     tg.cancel_scope.cancel()
         finally:
             if not entry.done.is_set():
-                entry.cancelled = True  # the loop skips it; a running batch's result is discarded
+                self._cancel(entry)
         if disconnected and not entry.done.is_set():
             raise ClientDisconnect("the client disconnected while its request was queued")
         if not entry.done.is_set():
@@ -178,7 +211,24 @@ class Batcher(Resource, Generic[T, R]):
         if entry.error is not None:
             raise entry.error
         assert entry.result is not None
+        if entry.times is not None:  # in the request's task: children of its span
+            record_pass(entry.traced_at, entry.times, len(rows), batched=True)
         return entry.result
+
+    def _cancel(self, entry: _Entry[T, R]) -> None:
+        """A request that will not wait for its answer: the loop skips it (a running batch's result
+        for it is discarded), and if it is still queued its rows stop counting at once."""
+        entry.cancelled = True
+        if not entry.queued:
+            return
+        entry.queued = False
+        self._queued_rows -= len(entry.rows)
+        entry.rows = []  # nothing of it is needed any more
+        self._cancelled_in_queue += 1
+        if self._cancelled_in_queue > max(64, len(self._queue) // 2):
+            # Many clients left during a long pass: drop their entries now (amortised O(1) each).
+            self._queue = deque(e for e in self._queue if not e.cancelled)
+            self._cancelled_in_queue = 0
 
     @asynccontextmanager
     async def _lifespan(self, host: HostView) -> AsyncIterator[None]:
@@ -211,36 +261,55 @@ class Batcher(Resource, Generic[T, R]):
                 entry.error = error
                 entry.done.set()
         self._batch = []
-        while self._queue:
-            entry = self._queue.popleft()
+        while (queued := self._take()) is not None:
+            queued.error = error
+            queued.done.set()
+
+    def _head(self) -> _Entry[T, R] | None:
+        """The first live entry of the queue (cancelled ones before it are dropped), or None."""
+        queue = self._queue
+        while queue and queue[0].cancelled:
+            queue.popleft()
+            self._cancelled_in_queue -= 1
+        return queue[0] if queue else None
+
+    def _take(self) -> _Entry[T, R] | None:
+        """The first live entry, taken off the queue (its rows no longer count as waiting), or None."""
+        entry = self._head()
+        if entry is not None:
+            self._queue.popleft()
+            entry.queued = False
             self._queued_rows -= len(entry.rows)
-            entry.error = error
-            entry.done.set()
+        return entry
 
     async def _loop(self) -> None:
         settings = self.settings
         while True:
-            while not self._queue:
+            while (first := self._take()) is None:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
-            self._batch = batch = [self._queue.popleft()]
-            rows = len(batch[0].rows)
+            self._batch = batch = [first]
+            rows = len(first.rows)
             closes_at = anyio.current_time() + settings.max_wait_s
             while rows < settings.max_batch_rows:
-                if not self._queue:
+                head = self._head()
+                if head is None:
                     if anyio.current_time() >= closes_at:
                         break
                     self._wakeup = anyio.Event()
                     with anyio.move_on_after(closes_at - anyio.current_time()):
                         await self._wakeup.wait()
                     continue
-                if rows + len(self._queue[0].rows) > settings.max_batch_rows:
+                if rows + len(head.rows) > settings.max_batch_rows:
                     break
-                entry = self._queue.popleft()
-                batch.append(entry)
-                rows += len(entry.rows)
-            self._queued_rows -= rows
-            await self._pass(batch)
+                self._take()
+                batch.append(head)
+                rows += len(head.rows)
+            self._pass_began, self._pass_rows = anyio.current_time(), rows
+            try:
+                await self._pass(batch)
+            finally:
+                self._pass_began = None
             self._batch = []
 
     async def _pass(self, entries: list[_Entry[T, R]]) -> None:
@@ -251,18 +320,24 @@ class Batcher(Resource, Generic[T, R]):
         all_rows = [row for entry in live for row in entry.rows]
         started = anyio.current_time()
         error: Exception | None = None
+        times = PassTimes(len(all_rows), len(live)) if any(entry.traced_at for entry in live) else None
         try:
-            with collecting_versions() as versions:
+            with collecting_versions() as versions, timing_pass(times):
                 outputs = await self.batch_fn(self._state, all_rows)
             for entry in live:
                 entry.versions = versions
+            if times is not None:
+                times.ended = time.time_ns()
+                for entry in live:
+                    entry.times = times
             if len(outputs) != len(all_rows):
                 raise RuntimeError(f"batch function returned {len(outputs)} outputs for {len(all_rows)} rows")
         except Exception as exc:
             error = exc
         finally:
             elapsed = anyio.current_time() - started
-            self._batch_seconds = elapsed if not self.batches else 0.8 * self._batch_seconds + 0.2 * elapsed
+            self._recent_s = 0.8 * self._recent_s + elapsed
+            self._recent_rows = 0.8 * self._recent_rows + len(all_rows)
             self.batches += 1
             self.batched_rows += len(all_rows)
             for observe in self.observers:
@@ -277,9 +352,10 @@ class Batcher(Resource, Generic[T, R]):
             self.oom_splits += 1
             half = len(live) // 2
             logger.warning(
-                "out of memory in a pass of %d rows from %d requests; retrying as %d + %d requests",
+                "out of memory in a pass of %d rows from %d requests (%s); retrying as %d + %d requests",
                 len(all_rows),
                 len(live),
+                request_ids(entry.request for entry in live),
                 half,
                 len(live) - half,
             )
@@ -287,7 +363,13 @@ class Batcher(Resource, Generic[T, R]):
             await self._pass(live[half:])
             return
         if error is not None:
-            logger.error("batch of %d rows from %d requests failed", len(all_rows), len(live), exc_info=error)
+            logger.error(
+                "batch of %d rows from %d requests (%s) failed",
+                len(all_rows),
+                len(live),
+                request_ids(entry.request for entry in live),
+                exc_info=error,
+            )
             for entry in live:
                 # A fresh error each: one exception raised in many tasks would pile up tracebacks.
                 entry.error = error if isinstance(error, HTTPError) else HTTPError(500, _BATCH_FAILED)

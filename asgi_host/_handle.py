@@ -90,17 +90,17 @@ class ModelHandle:
         module = self.module
         if self._threads is None:
             # No await: nothing else runs on the loop meanwhile, so nothing to count.
-            try:
-                return self._call(fn, module, args)
-            finally:
-                self.forward_passes += 1
+            return self._call(fn, module, args)
         with self._in_flight:
-            try:
-                # Not abandoned on cancellation: the thread keeps using the module,
-                # so the count must cover it until it really ends.
-                return await self._threads.run(self._call, fn, module, args)
-            finally:
-                self.forward_passes += 1
+            # Cancelled (its client left) while still queued, the pass is withdrawn and never runs;
+            # once started it is not abandoned: the thread keeps using the module, so the count
+            # must cover it until it really ends.
+            return await self._threads.run(self._call, fn, module, args, withdraw_on_cancel=True)
+
+    @property
+    def busy(self) -> bool:
+        """A pass asked for now would wait for the model's thread (never when passes run inline)."""
+        return self._threads is not None and self._threads.busy
 
     def _call(self, fn: Callable[..., T], module: nn.Module, args: tuple[Any, ...]) -> T:
         try:
@@ -108,6 +108,8 @@ class ModelHandle:
                 return fn(module, *args)
         except torch.cuda.OutOfMemoryError as exc:
             detail = oom_detail(exc)
+        finally:
+            self.forward_passes += 1  # where the pass runs: a withdrawn one never counts
         # Out of the except block: the exception and the pass's frames (its tensors) are gone,
         # so emptying the cache gives their blocks back.
         self.out_of_memory += 1

@@ -277,6 +277,12 @@ class Request:
         if chunk:
             chunks.append(chunk)
 
+    async def wait_disconnect(self) -> None:
+        """Return once the client has left (`http.disconnect`): for a watcher while the answer is
+        worked out, after the body was read (body messages received meanwhile are dropped)."""
+        while (await self.receive()).get("type") != "http.disconnect":
+            pass
+
     def _declares_body(self) -> bool:
         length = self.headers.get("content-length")
         if length is not None:

@@ -3,18 +3,24 @@
 Every protocol adapter over a model (the classifier's /predict, KServe v2, the embeddings
 example) runs rows the same way, with `Rows`: the forward function runs on the model's
 `ModelHandle` (on its thread, or inline), through the `Batcher` when batching is on, and a pass
-that runs out of device memory is a 503 naming the request's size.
+that runs out of device memory is a 503 naming the request's size. A pass that has to wait for the
+model's thread is withdrawn when its client leaves first (only a pass already running finishes),
+and a traced request gets spans for its wait and its pass (`_tracing.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Generic, TypeVar
 
+import anyio
+
 from ._batching import Batcher, Batching
-from ._errors import HTTPError, OutOfMemory
+from ._errors import ClientDisconnect, HTTPError, OutOfMemory
 from ._http import Request
 from ._resources import Resource
+from ._tracing import PassTimes, record_pass, timed_forward, traced
 
 __all__ = ["Forward", "Rows", "model_handle"]
 
@@ -66,14 +72,52 @@ class Rows(Generic[T, R]):
 
     async def call(self, request: Request, fn: Callable[..., Any], *args: Any, rows: int) -> Any:
         """One pass of `fn(module, *args, device, dtype)` for one request of `rows` rows, unbatched
-        (a whole request at once); `OutOfMemory` names its row count."""
+        (a whole request at once); `OutOfMemory` names its row count. A pass that has to wait for
+        the model's thread is withdrawn if the client leaves first (`ClientDisconnect`)."""
         handle = model_handle(request.state, self.model)
         try:
-            return await handle.run(fn, *args, handle.device, handle.dtype)
+            if not handle.busy and not traced():  # the common case: the pass starts at once
+                return await handle.run(fn, *args, handle.device, handle.dtype)
+            times = PassTimes(rows) if traced() else None
+            forward = fn if times is None else times.timed(fn)
+            run = partial(handle.run, forward, *args, handle.device, handle.dtype)
+            outputs = await (_unless_client_leaves(request, run) if handle.busy else run())
         except OutOfMemory as exc:
             raise exc.for_rows(rows) from None
+        if times is not None:
+            record_pass(times.began, times, rows, batched=False)
+        return outputs
 
     async def _pass(self, state: Mapping[str, Any], rows: list[T]) -> list[R]:
         handle = model_handle(state, self.model)
-        outputs: Sequence[R] = await handle.run(self.forward, rows, handle.device, handle.dtype)
+        forward = timed_forward(self.forward)  # a traced batch's forward pass is timed
+        outputs: Sequence[R] = await handle.run(forward, rows, handle.device, handle.dtype)
         return outputs if type(outputs) is list else list(outputs)
+
+
+async def _unless_client_leaves(request: Request, run: Callable[[], Awaitable[R]]) -> R:
+    """`run()`, cancelled when the client leaves first: a pass still queued for the model's thread is
+    then withdrawn (one already running is waited for), and `ClientDisconnect` raised."""
+    left = False
+    failure: Exception | None = None
+    result: Any = None
+
+    async def watch() -> None:
+        nonlocal left
+        await request.wait_disconnect()
+        left = True
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        try:
+            result = await run()
+        except Exception as exc:  # raised outside the task group, which would wrap it
+            failure = exc
+        tg.cancel_scope.cancel()
+    if left:
+        raise ClientDisconnect("the client left while its pass waited for the model")
+    if failure is not None:
+        raise failure
+    outputs: R = result
+    return outputs

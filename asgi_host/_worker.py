@@ -8,11 +8,16 @@ should queue behind it. `PassThreads` owns `count` threads fed by one queue; a
 finished job wakes its waiter with the loop's own thread-safe call
 (`call_soon_threadsafe` on asyncio, `TrioToken.run_sync_soon` on trio), so a
 hand-off costs one queue put and one loop wake-up.
+
+A job still queued when its caller is cancelled (`withdraw_on_cancel`: the client of the request
+it was for has left) is withdrawn: the thread skips it. One that has started runs to its end, and
+its caller waits for it: the thread is using what the caller handed it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -39,6 +44,7 @@ class PassThreads:
             threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(count)
         ]
         self._stopped = False
+        self._pending = 0  # jobs handed over whose caller has not resumed yet
         for thread in self._threads:
             thread.start()
 
@@ -51,12 +57,25 @@ class PassThreads:
         """The threads' identifiers (for tests and logs)."""
         return {thread.ident for thread in self._threads}
 
-    async def run(self, fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False) -> T:
+    @property
+    def busy(self) -> bool:
+        """Every thread has a job (as the loop knows it): one handed over now would wait in the queue."""
+        return self._pending >= len(self._threads)
+
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        abandon_on_cancel: bool = False,
+        withdraw_on_cancel: bool = False,
+    ) -> T:
         """Run `fn(*args)` on one of the threads and return its result (or raise its exception).
 
-        The wait is shielded from cancellation unless `abandon_on_cancel`: a
-        caller that is cancelled still waits for the thread to finish, so
-        nothing it hands the thread is released under it.
+        `fn` runs in a copy of the caller's context (its request's id reaches the thread's log
+        lines). The wait is shielded from cancellation unless `abandon_on_cancel`: a caller that is
+        cancelled still waits for the thread to finish, so nothing it hands the thread is released
+        under it. With `withdraw_on_cancel`, a caller cancelled while its job is still queued takes
+        it back instead: the thread skips it and the cancellation propagates at once.
         """
         if self._stopped:
             raise RuntimeError("these worker threads have been stopped")
@@ -66,10 +85,18 @@ class PassThreads:
         )
         done = anyio.Event()
         outcome: list[tuple[bool, Any]] = []
+        # One item, popped by whoever comes first (list.pop is atomic): the thread, which then runs
+        # the job, or a caller withdrawing it.
+        claim = [True]
+        context = contextvars.copy_context()
 
         def job() -> None:
             try:
-                outcome.append((True, fn(*args)))
+                claim.pop()
+            except IndexError:
+                return  # withdrawn while queued
+            try:
+                outcome.append((True, context.run(fn, *args)))
             except BaseException as exc:
                 outcome.append((False, exc))
             # RuntimeError: the event loop has closed meanwhile (an abandoned job): nobody waits.
@@ -77,11 +104,17 @@ class PassThreads:
                 notify(done.set)
 
         self._jobs.put(job)
-        if abandon_on_cancel:
-            await done.wait()
-        else:
-            with anyio.CancelScope(shield=True):
+        self._pending += 1
+        try:
+            if abandon_on_cancel:
                 await done.wait()
+            elif withdraw_on_cancel:
+                await _wait_or_withdraw(done, claim)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await done.wait()
+        finally:
+            self._pending -= 1
         ok, value = outcome[0]
         if ok:
             result: T = value
@@ -102,3 +135,16 @@ class PassThreads:
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
             job()
+
+
+async def _wait_or_withdraw(done: anyio.Event, claim: list[bool]) -> None:
+    """Wait for a job; cancelled meanwhile, withdraw it if it has not started, else wait it out."""
+    try:
+        await done.wait()
+    except anyio.get_cancelled_exc_class():
+        try:
+            claim.pop()
+        except IndexError:  # the thread took it first: it is running, wait for its end
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+        raise

@@ -142,12 +142,55 @@ async def test_client_that_disconnects_while_queued_is_dropped_from_the_batch() 
             tg.start_soon(_post_into, lifespan, [1], results)
             await recorder.entered.wait()
             gone = await lifespan.request("POST", "/double", json=[99], then_disconnect=True)
+            assert batcher_queue_rows(host) == 0  # its row stopped counting at once
             tg.start_soon(_post_into, lifespan, [2], results)
-            await wait_queued(host, 2)
+            await wait_queued(host, 1)
             recorder.gate.set()
     assert gone.status is None  # nobody to answer
     assert recorder.batches == [[1], [2]]  # 99 never reached the model
     assert sorted(r.json() for r in results) == [[2], [4]]
+
+
+async def test_rows_of_clients_that_left_stop_counting_at_once() -> None:
+    # 4,096 rows of clients that left filled the queue while one pass ran: the next client got 503.
+    recorder = Recorder(held=True)
+    host, batcher = doubling_host(recorder, Batching(max_batch_rows=64, max_wait_s=0.0, max_queue_rows=4096))
+    async with LifespanDriver(host) as lifespan:
+        results: list[HTTPResult] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_post_into, lifespan, [1], results)
+            await recorder.entered.wait()
+            gone = [
+                await lifespan.request("POST", "/double", json=[99] * 32, then_disconnect=True)
+                for _ in range(128)
+            ]
+            assert batcher.queued_rows == 0
+            tg.start_soon(_post_into, lifespan, [2, 3], results)
+            await wait_queued(host, 2)
+            recorder.gate.set()
+    assert {r.status for r in gone} == {None}
+    assert sorted(r.json() for r in results) == [[2], [4, 6]]
+    assert recorder.batches == [[1], [2, 3]]  # their rows never reached the model
+
+
+async def test_retry_after_counts_the_pass_running_now() -> None:
+    # Before any pass had finished, Retry-After was 1 whatever the pass took (1 against a 5 s pass).
+    recorder = Recorder(held=True)
+    host, batcher = doubling_host(recorder, Batching(max_batch_rows=2, max_wait_s=0.0, max_queue_rows=4))
+    async with LifespanDriver(host) as lifespan:
+        results: list[HTTPResult] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_post_into, lifespan, [1], results)
+            await recorder.entered.wait()
+            for body in ([2, 3], [4, 5]):
+                tg.start_soon(_post_into, lifespan, body, results)
+            await until(lambda: batcher.queued_rows == 4)
+            await anyio.sleep(1.1)  # the pass has run this long at least: so will each of the next two
+            refused = await lifespan.request("POST", "/double", json=[6])
+            recorder.gate.set()
+    assert refused.status == 503
+    assert int(refused.header("retry-after") or 0) >= 3  # two passes ahead, each >= 1.1 s
+    assert sorted(r.status or 0 for r in results) == [200, 200, 200]
 
 
 async def test_request_timeout_is_504() -> None:
