@@ -25,19 +25,18 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._describe import SchemaOf, json_response
 from ._errors import ClientDisconnect, OpenAIError
 from ._http import Request, Response
 from ._openai import (
-    ErrorBody,
+    POST_FAILURES,
     Model,
-    ModelList,
+    OpenAIOperation,
     check_json,
     check_model,
     decode_request,
+    model_routes,
     openai_error_event,
 )
-from ._openai import openai_error_response as error_response
 from ._openai_chat_types import (
     ChatChoice,
     ChatCompletion,
@@ -56,6 +55,12 @@ from ._openai_chat_types import (
 from ._routing import Mount, Route
 from ._streaming import EventStream
 from .generation import Delta, Generator, SamplingParams
+
+FAILURES = {
+    **POST_FAILURES,
+    "400": "An invalid request (a field, a limit, the context length): OpenAI's error object.",
+    "503": "Loading, shutting down, or every slot taken and the queue full (`Retry-After`).",
+}
 
 __all__ = [
     "ChatCompletion",
@@ -108,20 +113,15 @@ class OpenAIChat:
 
     def routes(self) -> list[Route | Mount]:
         prefix = self.prefix
-        chat = _Described(self.chat, ChatRequest, ChatCompletion)
-        complete = _Described(self.complete, CompletionRequest, Completion)
+        chat = OpenAIOperation(self.chat, ChatCompletion, ChatRequest, streams=True, failures=FAILURES)
+        complete = OpenAIOperation(
+            self.complete, Completion, CompletionRequest, streams=True, failures=FAILURES
+        )
         return [
             Route(f"{prefix}/chat/completions", chat, methods=["POST"]),
             Route(f"{prefix}/completions", complete, methods=["POST"]),
-            Route(f"{prefix}/models", self.list_models, error_format=error_response),
-            Route(f"{prefix}/models/{self.model}", self.retrieve_model, error_format=error_response),
+            *model_routes(prefix, self.card),
         ]
-
-    async def list_models(self, request: Request) -> Response:
-        return Response.json(ModelList(data=[self.card]))
-
-    async def retrieve_model(self, request: Request) -> Response:
-        return Response.json(self.card)
 
     async def chat(self, request: Request) -> Response | EventStream:
         """Creates a model response for the given chat conversation (OpenAI's chat completions)."""
@@ -198,50 +198,6 @@ class OpenAIChat:
             seed=body.seed,
             stop=stop,
         )
-
-
-class _Described:
-    """A POST route of this API: its endpoint, in OpenAI's error shape, described in /openapi.json."""
-
-    error_format = staticmethod(error_response)
-
-    def __init__(self, endpoint: Callable[[Request], Any], request_type: type, response_type: type) -> None:
-        self.endpoint = endpoint
-        self.request_type = request_type
-        self.response_type = response_type
-
-    async def __call__(self, request: Request) -> Any:
-        return await self.endpoint(request)
-
-    def openapi_operation(self, method: str, schema: SchemaOf) -> dict[str, Any]:
-        error = schema(ErrorBody)
-        failures = {
-            "400": "An invalid request (a field, a limit, the context length): OpenAI's error object.",
-            "404": "Another model than this server's (`model_not_found`).",
-            "408": "The body did not arrive within the host's body_timeout_s.",
-            "413": "The body is larger than max_body_bytes.",
-            "415": "Another content type than JSON.",
-            "500": "A bug: the traceback is in the server log.",
-            "503": "Loading, shutting down, or every slot taken and the queue full (`Retry-After`).",
-        }
-        return {
-            "summary": (self.endpoint.__doc__ or "").strip().split("\n")[0],
-            "tags": ["openai"],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": schema(self.request_type)}},
-            },
-            "responses": {
-                "200": {
-                    "description": "The answer; with `stream: true`, Server-Sent Events, then `[DONE]`.",
-                    "content": {
-                        "application/json": {"schema": schema(self.response_type)},
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
-                },
-                **{status: json_response(text, error) for status, text in failures.items()},
-            },
-        }
 
 
 class _Answer:

@@ -38,7 +38,16 @@ import msgspec
 
 from ._errors import OpenAIError
 from ._http import Request, Response
-from ._openai import Model, ModelList, check_json, check_model, decode_request, openai_error_response
+from ._openai import (
+    Model,
+    ModelList,
+    OpenAIOperation,
+    check_json,
+    check_model,
+    decode_request,
+    model_routes,
+    openai_error_response,
+)
 from ._resources import Resource
 from ._routing import Mount, Route
 
@@ -148,27 +157,14 @@ class OpenAIEmbeddings:
 
     def routes(self) -> list[Route | Mount]:
         """`POST {prefix}/embeddings`, `GET {prefix}/models` and `GET {prefix}/models/{model}`."""
-        prefix, errors = self.prefix, openai_error_response
+        create = OpenAIOperation(self.create, EmbeddingsResponse, EmbeddingsRequest)
         return [
-            Route(
-                f"{prefix}/embeddings",
-                self.create,
-                methods=["POST"],
-                error_format=errors,
-                resources=self.resources,
-            ),
-            Route(f"{prefix}/models", self.list_models, error_format=errors),
-            Route(f"{prefix}/models/{self.model}", self.retrieve_model, error_format=errors),
+            Route(f"{self.prefix}/embeddings", create, methods=["POST"], resources=self.resources),
+            *model_routes(self.prefix, self.model_card()),
         ]
 
     def model_card(self) -> Model:
         return Model(id=self.model, created=self.created, owned_by=self.owned_by)
-
-    async def list_models(self, request: Request) -> Response:
-        return Response.json(ModelList(data=[self.model_card()]))
-
-    async def retrieve_model(self, request: Request) -> Response:
-        return Response.json(self.model_card())
 
     async def create(self, request: Request) -> Response:
         """Creates an embedding vector for each input text (OpenAI's embeddings API)."""

@@ -342,6 +342,29 @@ async def test_with_batching_both_routes_share_the_batcher_and_its_passes() -> N
 # ---- examples.embed under hypercorn, with the official openai client ------------------------------
 
 
+async def test_every_route_describes_its_body_and_answers_in_the_openapi_document() -> None:
+    api = OpenAIEmbeddings(FakeEmbedder(), model="tiny", dimensions=4)
+    async with LifespanDriver(Host(routes=api.routes())) as lifespan:
+        document = (await lifespan.request("GET", "/openapi.json")).json()
+    create = document["paths"]["/v1/embeddings"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EmbeddingsRequest"
+    }
+    assert create["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/EmbeddingsResponse"
+    }
+    assert create["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    for path, answer in (("/v1/models", "ModelList"), ("/v1/models/tiny", "Model")):
+        operation = document["paths"][path]["get"]
+        assert operation["summary"]
+        assert "requestBody" not in operation
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{answer}"
+        }
+
+
 @pytest.fixture(scope="module")
 def embed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     port = free_port()
