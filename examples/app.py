@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 
 async def index(request: Request) -> Response:
+    """What this server serves and how to ask it."""
     return Response.json(
         {
             "model": "iris-mlp",

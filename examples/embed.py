@@ -112,6 +112,7 @@ def make_app(config: EmbedConfig | None = None) -> Host:
         return [vector for vector, _ in pairs], [tokens for _, tokens in pairs]
 
     async def embed(body: Any, request: Request) -> Embeddings:
+        """Embed texts: one unit-length vector of 384 floats per text."""
         texts: list[str] = body.texts
         if len(texts) > config.max_texts:
             raise HTTPError(413, f"{len(texts)} texts is more than max_texts={config.max_texts}; split them")
