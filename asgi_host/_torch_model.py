@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -87,9 +88,9 @@ class TorchModel(Resource):
     - Out of CUDA memory while loading fails startup with the device's free and
       total memory and nothing left allocated; in a pass, see `ModelHandle`.
     - Shutdown refuses new passes (503), waits for passes in flight, drops the
-      module, collects garbage and, on CUDA, synchronizes, frees cuBLAS
-      workspaces, empties the cache and collects IPC memory, logging memory
-      before and after.
+      module, collects garbage (on the CPU only when a reference cycle kept the
+      module) and, on CUDA, synchronizes, frees cuBLAS workspaces, empties the
+      cache and collects IPC memory, logging memory before and after.
     - `version`: names the weights in `x-model-version`, `/readyz` and the metrics;
       by default the first 12 hex digits of the sha256 of the weights loaded.
       `host.reload(name, weights=...)` swaps in new weights while serving
@@ -231,9 +232,12 @@ class TorchModel(Resource):
         interpreter exits: that aborted a process on an H100). `final`: the model's last version
         (shutdown), which also gives back its GPU claim."""
         handle, threads, loaded = serving.handle, serving.threads, serving.loaded
+        module = getattr(handle, "_module", None)
+        held = None if module is None else weakref.ref(module)
+        del module
         await handle.close()
         before = device_memory(loaded.device)
-        await threads.run(self._free, loaded, final)
+        await threads.run(self._free_dropped, loaded, final, held)
         threads.stop()
         await anyio.to_thread.run_sync(threads.join, JOIN_TIMEOUT_S)
         if loaded.device.type == "cuda":
@@ -248,14 +252,24 @@ class TorchModel(Resource):
             f": cuda before={before} after={after}" if before else "",
         )
 
-    def _free(self, loaded: ModelVersion, final: bool) -> None:
-        """On the model's thread, the module dropped: free what torch keeps for it."""
+    def _free_dropped(self, loaded: ModelVersion, final: bool, held: weakref.ref[nn.Module] | None) -> None:
+        # On the model's thread, its previous job (the load, or the last pass) dropped by now, and
+        # with it the module's last reference unless a reference cycle keeps it. On the CPU a module
+        # gone already leaves a full collection nothing of its own to free, and one holds the GIL
+        # (every request waits) for about 0.1 s in a process with torch loaded: skip it then.
+        gone = held is None or held() is None
+        self._free(loaded, final, collect=loaded.device.type == "cuda" or loaded.compiled or not gone)
+
+    def _free(self, loaded: ModelVersion, final: bool, *, collect: bool = True) -> None:
+        """On the model's thread, the module dropped: free what torch keeps for it (`collect`: with a
+        garbage collection first; False only on the CPU, the module already freed)."""
         if loaded.compiled:
             # Compiled code and CUDA graph trees (with their memory pool) outlive the module
             # otherwise. This resets every compiled function in the process (on this thread's
             # graph trees): one compiled model per process is the supported setup.
             torch._dynamo.reset()
-        release_cuda_memory()
+        if collect:
+            release_cuda_memory()
         if (
             final
             and str(self.device) == "auto"

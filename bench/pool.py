@@ -123,8 +123,8 @@ async def resident_cost(n: int) -> dict[str, float]:
                 "ModelHandle.run": partial(handle.run, noop),
                 "PooledModel.run": partial(pooled.run, noop),
             }
-            for name, call in calls.items():
-                results[f"no-op, {execution}, {name}"] = await best_of(call, n)
+            for name, seconds in (await best_of(calls, n)).items():
+                results[f"no-op, {execution}, {name}"] = seconds
     return results
 
 
@@ -132,15 +132,20 @@ def noop(module: Any) -> None:
     return None
 
 
-async def best_of(call: Callable[[], Awaitable[object]], n: int, rounds: int = 5) -> float:
-    best = float("inf")
-    for _ in range(100):
-        await call()
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(n // rounds):
+async def best_of(
+    calls: dict[str, Callable[[], Awaitable[object]]], n: int, rounds: int = 10
+) -> dict[str, float]:
+    """Seconds per call of each, the best of `rounds`, the calls taking turns round by round."""
+    best = dict.fromkeys(calls, float("inf"))
+    for call in calls.values():
+        for _ in range(100):
             await call()
-        best = min(best, (time.perf_counter() - started) / (n // rounds))
+    for _ in range(rounds):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            for _ in range(n // rounds):
+                await call()
+            best[name] = min(best[name], (time.perf_counter() - started) / (n // rounds))
     return best
 
 

@@ -30,8 +30,8 @@ class SlowIris(IrisMLP):
 class LoggedModel(TorchModel):
     """Logs the release, so a test can check it came after the last forward pass."""
 
-    def _free(self, loaded: ModelVersion, final: bool) -> None:
-        super()._free(loaded, final)
+    def _free(self, loaded: ModelVersion, final: bool, *, collect: bool = True) -> None:
+        super()._free(loaded, final, collect=collect)
         log("model released")
 
 

@@ -73,14 +73,14 @@ class Gated(TorchModel):
             with record.lock:
                 record.loading -= 1
 
-    def _free(self, loaded: ModelVersion, final: bool) -> None:
+    def _free(self, loaded: ModelVersion, final: bool, *, collect: bool = True) -> None:
         record = self.record
         if record.pool is not None and record.pool.entries[self.name].refs:
             record.evicted_in_use.append(self.name)
         record.log(f"release {self.name}")
         self.releasing.set()
         assert self.release_gate.wait(GATE_S), f"the release gate of {self.name} was never opened"
-        super()._free(loaded, final)
+        super()._free(loaded, final, collect=collect)
 
     def alive(self) -> int:
         """Modules of this model not yet garbage (call gc.collect() first)."""

@@ -425,3 +425,42 @@ def test_skipping_init_on_meta_never_touches_other_threads() -> None:
     assert all(getattr(nn.init, name) is fn for name, fn in originals.items())
     reference = load_file(str(WEIGHTS))
     assert all(torch.equal(v, reference[k]) for k, v in module.state_dict().items())
+
+
+class _Cyclic(IrisMLP):
+    """The Iris model holding a reference to itself: only a garbage collection frees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.itself = [self]
+
+
+@pytest.mark.parametrize("build", [IrisMLP, _Cyclic], ids=["no cycle", "a cycle"])
+async def test_on_the_cpu_the_release_collects_garbage_only_when_the_module_needs_it(
+    monkeypatch: pytest.MonkeyPatch, build: Callable[[], nn.Module]
+) -> None:
+    real_collect = gc.collect
+    collections: list[str] = []
+
+    def counted(*args: Any) -> int:
+        collections.append(threading.current_thread().name)
+        return real_collect(*args)
+
+    model = TorchModel(build, WEIGHTS, device="cpu", execution="thread")
+    async with LifespanDriver(host_with(model)) as life:
+        handle: ModelHandle = life.state["model"]
+        await handle.run(lambda module: module(torch.zeros(1, 4)))
+        module = weakref.ref(handle.module)
+        gc.disable()  # nothing but the release may collect from here on
+        try:
+            monkeypatch.setattr(gc, "collect", counted)
+            await life.shutdown()
+            # Freed either way: by its last reference going, or by the release's collection.
+            assert module() is None
+        finally:
+            monkeypatch.undo()
+            gc.enable()
+    if build is IrisMLP:
+        assert collections == []  # a full collection would have freed nothing of the model's
+    else:
+        assert collections == ["asgi_host-model-0"]  # on the model's own thread
