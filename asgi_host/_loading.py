@@ -23,6 +23,7 @@ from ._device import device_memory, memory_text, oom_detail, release_cuda_memory
 from ._errors import ModelLoadError
 from ._torch_compat import cuda_graph_thread_state, skipped_init
 from ._weights import WeightsFile, read_weights
+from ._worker import abandoned
 
 __all__ = [
     "INLINE_THRESHOLD_S",
@@ -121,8 +122,17 @@ def load_version(
     and nothing of the load left allocated.
     """
     device = resolve_device(device_setting)
+    told = report or _no_report
+
+    def stage(name: str, fraction: float) -> None:
+        # Given up on (a startup past its timeout, or the process exiting): stop at this stage
+        # instead of compiling on for nobody; the process waits for the thread, not the load.
+        if abandoned():
+            raise _Abandoned(f"the load was abandoned (by its caller) before {name!r}")
+        told(name, fraction)
+
     try:
-        return _load(spec, weights, device, report or _no_report, version, within)
+        return _load(spec, weights, device, stage, version, within)
     except torch.cuda.OutOfMemoryError as exc:
         detail = oom_detail(exc)
     # Out of the except block: the half-loaded module is unreferenced, so its memory can go.
@@ -142,6 +152,10 @@ def load_version(
 
 def _no_report(stage: str, fraction: float) -> None:
     return None
+
+
+class _Abandoned(ModelLoadError):
+    """The load's caller gave up on it: it stops at the next stage, with nobody to tell."""
 
 
 def _load(
@@ -282,7 +296,7 @@ def _compile(
             stage(f"compiling (torch.compile {options or 'defaults'}), {label}", 0.8 + 0.15 * i / len(sizes))
             _warm(spec, compiled, device, rows, compiling=True)
             _warm(spec, compiled, device, rows, compiling=True)  # reduce-overhead records on the 2nd
-    except torch.cuda.OutOfMemoryError:
+    except (torch.cuda.OutOfMemoryError, _Abandoned):
         raise
     except Exception as exc:
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

@@ -12,25 +12,66 @@ hand-off costs one queue put and one loop wake-up.
 A job still queued when its caller is cancelled (`withdraw_on_cancel`: the client of the request
 it was for has left) is withdrawn: the thread skips it. One that has started runs to its end, and
 its caller waits for it: the thread is using what the caller handed it.
+
+A job its caller gave up on (`abandon_on_cancel`: a load past the startup timeout) runs on, but
+`abandoned()` tells it so, and a load stops at its next stage. The process never exits while such
+a job runs: the threads are daemons, and a daemon thread still inside torch's C++ code when the
+interpreter finalizes aborts the process (SIGABRT, "terminate called without an active
+exception", or a SIGSEGV) instead of exiting with the server's code. So at exit, before
+finalizing, the interpreter waits for every job that is running (`_finish_running_jobs`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import queue
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["PassThreads"]
+__all__ = ["PassThreads", "abandoned"]
 
 T = TypeVar("T")
 
 _Job = Callable[[], None]
+
+logger = logging.getLogger("asgi_host.model")
+
+_live: weakref.WeakSet[PassThreads] = weakref.WeakSet()
+_current = threading.local()  # on a model's thread: the abandoned flag of the job it runs
+
+
+def abandoned() -> bool:
+    """On a model's thread: whether the caller of the job running gave up waiting for it (a startup
+    past its timeout), or the process is exiting. False anywhere else."""
+    flag: threading.Event | None = getattr(_current, "abandoned", None)
+    return flag is not None and flag.is_set()
+
+
+def _finish_running_jobs(live: Iterable[PassThreads] | None = None) -> None:
+    """At interpreter exit (before finalization): skip the jobs still queued, mark every running job
+    abandoned and wait for each (of `live`, default every `PassThreads` of the process)."""
+    running: list[tuple[threading.Event, threading.Event]] = []
+    for threads in list(_live if live is None else live):
+        with threads._lock:
+            threads._exiting = True  # jobs still queued are skipped
+            running += threads.running.values()
+    for flag, done in running:
+        flag.set()
+        if not done.is_set():
+            logger.warning("waiting for a model's thread to finish what it is doing before exiting")
+            done.wait()
+
+
+# Run by `threading._shutdown`, before non-daemon threads are joined and before the interpreter
+# finalizes (what `concurrent.futures` uses for the same reason).
+threading._register_atexit(_finish_running_jobs)  # type: ignore[attr-defined]
 
 
 class PassThreads:
@@ -45,6 +86,11 @@ class PassThreads:
         ]
         self._stopped = False
         self._pending = 0  # jobs handed over whose caller has not resumed yet
+        # The jobs running now, by thread: (abandoned flag, finished event), for the exit.
+        self.running: dict[int, tuple[threading.Event, threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._exiting = False
+        _live.add(self)
         for thread in self._threads:
             thread.start()
 
@@ -89,16 +135,28 @@ class PassThreads:
         # the job, or a caller withdrawing it.
         claim = [True]
         context = contextvars.copy_context()
+        gave_up, finished = threading.Event(), threading.Event()
 
         def job() -> None:
-            try:
-                claim.pop()
-            except IndexError:
-                return  # withdrawn while queued
+            ident = threading.get_ident()
+            with self._lock:
+                if self._exiting:
+                    return  # the interpreter is exiting: no new work on this thread
+                try:
+                    claim.pop()
+                except IndexError:
+                    return  # withdrawn while queued
+                self.running[ident] = (gave_up, finished)
+            _current.abandoned = gave_up
             try:
                 outcome.append((True, context.run(fn, *args)))
             except BaseException as exc:
                 outcome.append((False, exc))
+            finally:
+                _current.abandoned = None
+                with self._lock:
+                    del self.running[ident]
+                finished.set()
             # RuntimeError: the event loop has closed meanwhile (an abandoned job): nobody waits.
             with contextlib.suppress(RuntimeError):
                 notify(done.set)
@@ -107,7 +165,11 @@ class PassThreads:
         self._pending += 1
         try:
             if abandon_on_cancel:
-                await done.wait()
+                try:
+                    await done.wait()
+                except BaseException:
+                    gave_up.set()  # the job sees `abandoned()` and stops where it can
+                    raise
             elif withdraw_on_cancel:
                 await _wait_or_withdraw(done, claim)
             else:
