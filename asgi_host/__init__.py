@@ -34,6 +34,7 @@ from ._host import Host
 from ._http import ErrorFormat, Request, Response, error_response
 from ._lifespan import LifespanPhase
 from ._reload import Reloadable, ReloadResult, Replacement
+from ._request_ids import RequestContextFilter, current_request_id, current_trace_id
 from ._resources import Progress, Resource
 from ._routing import Adapter, Mount, Route
 from ._rows import Rows
@@ -78,6 +79,7 @@ __all__ = [
     "Replacement",
     "ReplicaUnhealthy",
     "Request",
+    "RequestContextFilter",
     "Resource",
     "Response",
     "Route",
@@ -86,5 +88,7 @@ __all__ = [
     "StartupError",
     "StructEndpoint",
     "SubAppLifespanError",
+    "current_request_id",
+    "current_trace_id",
     "error_response",
 ]

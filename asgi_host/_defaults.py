@@ -39,6 +39,8 @@ class HostSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     # Never shown: HostConfig's repr() hides it, and it appears in no log or error message.
     # 16 is the host's MIN_TOKEN_LENGTH (_reload.py); a test checks they agree.
     admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    # One JSON line per request on the `asgi_host.access` logger (_access_log.py), or "off".
+    access_log: Literal["json", "off"] = "off"
 
 
 # What `Host(...)` uses for a setting it is not given.

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal, Protocol
 
+from ._access_log import access_logged
 from ._admin import admin_route
 from ._defaults import DEFAULTS
 from ._errors import ClientDisconnect, HTTPError, ShutdownError, StartupError, SubAppLifespanError
@@ -18,6 +19,7 @@ from ._lifespan import LifespanPhase, LifespanTracker, run_lifespan
 from ._logging import default_logging
 from ._propagation import LifespanUnsupported, SubAppLifespan, drive_lifespan
 from ._reload import Reloader, ReloadResult
+from ._request_ids import begin_request_id, stamp_request_id, with_request_id
 from ._resources import Progress, Resource, ResourceStack, as_resource
 from ._routing import Adapter, Dispatch, Endpoint, Match, Mount, Route, Router, expand_routes, route_path
 from ._streaming import as_stream
@@ -89,7 +91,8 @@ class Host:
     `/livez` and `/readyz` (paths settable, `None` to turn off) report
     liveness and readiness; `background_startup=True` answers startup at
     once and loads in the background (routes answer 503 until ready);
-    `metrics=Metrics()` serves `/metrics`. See docs/production.md.
+    `metrics=Metrics()` serves `/metrics`, `access_log="json"` logs each request (every response
+    carries `x-request-id`). See docs/production.md.
     `openapi_path` serves the OpenAPI document of the routes, `docs_path`
     Swagger UI for it (the `openapi` extra); `None` turns either off, and
     no document means no page either. See docs/protocols.md.
@@ -119,6 +122,7 @@ class Host:
         admin_token: str | None = DEFAULTS.admin_token,
         openapi_path: str | None = DEFAULTS.openapi_path,
         docs_path: str | None = DEFAULTS.docs_path,
+        access_log: Literal["json", "off"] = DEFAULTS.access_log,
     ) -> None:
         routes = expand_routes(routes)
         self.router = Router(routes)
@@ -166,6 +170,7 @@ class Host:
             metrics.attach(self)
         # What serves a routed request: metrics, when on, measure it from outside.
         self._dispatch: Dispatch = self._serve if metrics is None else metrics.wrap(self._serve)
+        self._on_http = access_logged(self._http, access_log)  # an HTTP request, probes included
         # `host.reload()`, and with an admin token its route (off without one): see _reload.py.
         self._reloader = Reloader(self)
         if admin_token is not None:
@@ -309,7 +314,7 @@ class Host:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            await self._on_http(scope, receive, send)
         elif kind == "lifespan":
             default_logging()
             state = scope.get("state")
@@ -352,6 +357,7 @@ class Host:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         begin_request()  # x-model-version: the versions this request's passes ran on, and no other's
+        begin_request_id(scope)
         match = self.router.resolve(route_path(scope), scope["method"])
         if match.label in self._probe_paths:
             # Probes answer in every phase, uncounted and unmeasured.
@@ -370,7 +376,8 @@ class Host:
             refused = refusal(self.readiness())
         if refused is None and match.mount is not None:
             self._request_state(scope)
-            await match.mount.app(match.mount.child_scope(scope, match.path), receive, send)
+            child = match.mount.child_scope(scope, match.path)
+            await match.mount.app(child, receive, with_request_id(send, scope))
             return
         await self._respond(scope, receive, send, match, refused)
 
@@ -410,6 +417,7 @@ class Host:
                 HTTPError(500, "internal server error; the traceback is in the server log")
             )
         stamp_version(response)
+        stamp_request_id(response, scope)
         await settle_body(response, request or Request(scope, receive, {}, max_body_bytes=None))
         try:
             await response.send(send, head=method == "HEAD", receive=receive)

@@ -80,13 +80,13 @@ def begin_request_id(scope: Scope) -> None:
     context: RequestContext | None = scope.get(SCOPE_KEY)
     if context is None:
         given = parent = None
-        for name, value in scope["headers"]:
+        for name, value in scope.get("headers", ()):
             if name == b"x-request-id":
                 given = value
             elif name == b"traceparent":
                 parent = value
         context = (
-            given if given is not None and _sane(given) else b"%s%x" % (_prefix, next(_counter)),
+            bytes(given) if given is not None and _sane(given) else b"%s%x" % (_prefix, next(_counter)),
             None if parent is None else parse_traceparent(parent),
         )
         scope[SCOPE_KEY] = context

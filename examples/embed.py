@@ -8,7 +8,8 @@
 Answers `{"embeddings": [[384 floats], ...]}`, unit length, so a dot product is
 the cosine similarity. JSON or MessagePack, the same errors and limits as
 /predict, and the same micro-batcher (on by default; `EMBED_BATCHING=off`). Settings:
-`EmbedConfig`, from `EMBED_CONFIG` (TOML) and `EMBED_*` variables.
+`EmbedConfig`, from `EMBED_CONFIG` (TOML) and `EMBED_*` variables
+(`EMBED_ACCESS_LOG=json`: one JSON line per request).
 
 The same model and batcher also answer OpenAI's embeddings API
 (`asgi_host.openai_embeddings`): `POST /v1/embeddings`, `GET /v1/models` and

@@ -56,7 +56,7 @@ def test_batching_switch(env: dict[str, str], batching: Batching | None) -> None
     [
         (
             {"APP_DRAIN_TIMEOUT": "5"},
-            "unknown setting APP_DRAIN_TIMEOUT; known: APP_ADMIN_TOKEN, APP_BACKGROUND_STARTUP",
+            "unknown setting APP_DRAIN_TIMEOUT; known: APP_ACCESS_LOG, APP_ADMIN_TOKEN, APP_BACKGROUND",
         ),
         ({"APP_DRAIN_TIMEOUT_S": "-1"}, "Expected `float` >= 0.0 - at `$.drain_timeout_s`"),
         ({"APP_MAX_BODY_BYTES": "lots"}, "Expected `int | null`, got `str` - at `$.max_body_bytes`"),
@@ -164,6 +164,7 @@ def test_host_kwargs_fill_every_host_setting() -> None:
         background_startup=True,
         lazy_start="unavailable",
         admin_token="t" * MIN_TOKEN_LENGTH,
+        access_log="json",
     )
     kwargs = config.host_kwargs()
     assert set(kwargs) == settable

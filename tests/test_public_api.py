@@ -54,6 +54,7 @@ def test_public_names() -> None:
         "Replacement",
         "ReplicaUnhealthy",
         "Request",
+        "RequestContextFilter",
         "Resource",
         "Response",
         "Route",
@@ -62,6 +63,8 @@ def test_public_names() -> None:
         "StartupError",
         "StructEndpoint",
         "SubAppLifespanError",
+        "current_request_id",
+        "current_trace_id",
         "error_response",
     ]
     assert asgi_host.__all__ == sorted(asgi_host.__all__)
