@@ -791,3 +791,33 @@ async def test_a_large_answer_is_encoded_off_the_event_loop(monkeypatch: pytest.
     loop_thread = threading.get_ident()
     assert threads[0] == loop_thread  # 640 elements: on the loop
     assert threads[1] != loop_thread  # 704: on a worker thread
+
+
+async def test_every_v2_route_describes_itself_and_infer_its_models_body(iris: LifespanDriver) -> None:
+    document = (await iris.request("GET", "/openapi.json")).json()
+    v2 = {path: item for path, item in document["paths"].items() if path.startswith("/v2")}
+    assert (
+        len(v2) == 11
+    )  # server, live, ready, and per model (and its version) metadata, ready, config, infer
+    for path, item in v2.items():
+        for operation in item.values():
+            assert operation["summary"], path
+            assert "default" not in operation["responses"], path
+            assert operation["responses"]["503"]["content"]["application/json"]["schema"]["required"] == [
+                "error"
+            ]
+    infer = v2[INFER]["post"]
+    assert infer["parameters"][0]["name"] == "Inference-Header-Content-Length"
+    body = infer["requestBody"]["content"]
+    assert set(body) == {"application/json", "application/octet-stream"}
+    tensor = body["application/json"]["schema"]["properties"]["inputs"]["items"]["properties"]
+    assert tensor["name"] == {"const": "input"}
+    assert tensor["datatype"] == {"const": "FP32"}
+    assert tensor["shape"]["prefixItems"] == [{"type": "integer", "minimum": 1, "maximum": 200}, {"const": 4}]
+    outputs = body["application/json"]["schema"]["properties"]["outputs"]
+    assert outputs["items"]["properties"]["name"] == {"enum": ["probabilities"]}
+    assert outputs["uniqueItems"] is True  # asking twice is a 400
+    assert sorted(infer["responses"]) == ["200", "400", "408", "413", "415", "422", "500", "503", "504"]
+    # What the document says a request looks like is what the route takes.
+    example = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": SETOSA}]}
+    assert (await iris.request("POST", INFER, json=example)).status == 200

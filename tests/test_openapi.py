@@ -490,6 +490,10 @@ def test_swagger_ui_renders_the_document_in_chromium(iris_server: ServerProcess)
 #   row (documented on the operation; test_predict covers it), so schema-valid data must get 2xx or
 #   exactly that 422. Invalid data must be refused with the statuses the host uses for it, 413
 #   included: more than max_rows rows (the schema's maxItems) is 413, as documented.
+# - POST /v2/models/iris/infer (and its versions/1 twin): the document gives the model's input name,
+#   datatype and shape, but JSON Schema cannot say "data holds as many values as the shape's
+#   product", nor which bytes make a binary body: schema-valid requests may get the documented 400
+#   naming what does not fit (and 422 for values out of FP32's range, as /predict).
 # - Routes the document leaves undescribed (plain `Route`s: only a `default` response) have no
 #   "valid data" to accept, so positive_data_acceptance does not apply to them; every other check does.
 SCHEMATHESIS_CONFIG = """
@@ -499,6 +503,11 @@ enabled = true
 [[operations]]
 include-operation-id = "post_predict"
 checks.positive_data_acceptance.expected-statuses = ["2XX", 422]
+checks.negative_data_rejection.expected-statuses = [400, 413, 415, 422]
+
+[[operations]]
+include-path-regex = "/infer$"
+checks.positive_data_acceptance.expected-statuses = ["2XX", 400, 422]
 checks.negative_data_rejection.expected-statuses = [400, 413, 415, 422]
 """
 

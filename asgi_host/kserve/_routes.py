@@ -16,6 +16,7 @@ from .._routing import Mount, Route, route_path
 from .._version import __version__
 from .._view import HostView
 from ._model import RESERVED_PARAMETERS, V2Model
+from ._openapi import CONFIG, LIVE, MODEL_METADATA, READY, SERVER_METADATA, get_operation, infer_operation
 
 __all__ = ["EXTENSIONS", "KServe", "v2_error_response"]
 
@@ -26,6 +27,7 @@ EXTENSIONS = ("binary_tensor_data",)
 ENCODE_ON_LOOP_ELEMENTS = 65_536
 
 _json_encoder = msgspec.json.Encoder()
+
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -38,6 +40,23 @@ def v2_error_response(error: HTTPError) -> Response:
         media_type="application/json",
         headers=error.headers,
     )
+
+
+class V2Operation:
+    """A v2 endpoint: the protocol's error object for every status of its route, and its own
+    operation (summary, request, answers) in /openapi.json."""
+
+    error_format = staticmethod(v2_error_response)
+
+    def __init__(self, endpoint: Handler, operation: dict[str, Any]) -> None:
+        self.endpoint = endpoint
+        self.operation = operation
+
+    async def __call__(self, request: Request) -> Response:
+        return await self.endpoint(request)
+
+    def openapi_operation(self, method: str, schema: Any) -> dict[str, Any]:
+        return self.operation
 
 
 class KServe:
@@ -73,26 +92,49 @@ class KServe:
         )
 
     def routes(self) -> list[Route | Mount]:
-        def route(path: str, handler: Handler, **options: Any) -> Route:
-            return Route(path, handler, error_format=v2_error_response, **options)
+        def route(path: str, handler: Handler, operation: dict[str, Any], **options: Any) -> Route:
+            return Route(path, V2Operation(handler, operation), **options)
 
+        not_ready = "Not ready (loading, draining, a model not resident); the reason in `error`."
         routes: list[Route | Mount] = [
-            route("/v2", self.server_metadata, resources=self.resources[:1]),
-            route("/v2/health/live", self.live),
-            route("/v2/health/ready", self.ready),
+            route(
+                "/v2",
+                self.server_metadata,
+                get_operation("The server: name, version, extensions.", SERVER_METADATA),
+                resources=self.resources[:1],
+            ),
+            route("/v2/health/live", self.live, get_operation("Liveness: the server answers.", LIVE)),
+            route(
+                "/v2/health/ready",
+                self.ready,
+                get_operation("Readiness: every model can answer now.", READY, not_ready),
+            ),
         ]
         for model in self.models.values():
-            base = f"/v2/models/{model.name}"
-            infer = self._infer(model)
-            metadata, ready, config = self._metadata(model), self._model_ready(model), self._config(model)
+            base, name = f"/v2/models/{model.name}", repr(model.name)
+            infer, metadata = self._infer(model), self._metadata(model)
+            ready, config = self._model_ready(model), self._config(model)
+            operations = {
+                "": get_operation(f"{name}: its inputs, outputs and versions.", MODEL_METADATA),
+                "/ready": get_operation(f"Whether {name} can answer now.", READY, not_ready),
+                "/config": get_operation(
+                    f"The configuration of {name}, as Triton's clients read it.", CONFIG
+                ),
+            }
             for prefix in (base, f"{base}/versions/{model.version}"):
                 routes += [
-                    route(prefix, metadata),
-                    route(f"{prefix}/ready", ready),
-                    route(f"{prefix}/config", config),
-                    route(f"{prefix}/infer", infer, methods=["POST"], resources=model.resources),
+                    route(prefix, metadata, operations[""]),
+                    route(f"{prefix}/ready", ready, operations["/ready"]),
+                    route(f"{prefix}/config", config, operations["/config"]),
+                    route(
+                        f"{prefix}/infer",
+                        infer,
+                        infer_operation(model),
+                        methods=["POST"],
+                        resources=model.resources,
+                    ),
                 ]
-        routes.append(route("/v2", self.not_found, methods=None, prefix=True))
+        routes.append(Route("/v2", self.not_found, methods=None, prefix=True, error_format=v2_error_response))
         return routes
 
     @asynccontextmanager
