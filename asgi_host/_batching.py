@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import anyio
 import msgspec
@@ -58,9 +58,33 @@ class Batching(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """Per-request limit from queueing to answer; past it, 504."""
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     """At shutdown, how long admitted requests may take to finish before they get 503."""
+    bucket_rows: tuple[Annotated[int, msgspec.Meta(ge=1)], ...] | Literal["powers-of-two"] | None = None
+    """Pad each pass to the next of these sizes (rows): `"powers-of-two"` (1, 2, 4, ... up to
+    `max_batch_rows`, which is always one), or the sizes given (`max_batch_rows` added). Padding
+    repeats the pass's last row; its answers are dropped. A compiled model (CUDA graphs above all)
+    then meets a few shapes, warmed up at startup (`pass_sizes()` as `warmup_batch_sizes`),
+    instead of recording one per batch size. None (the default): passes as they come."""
 
     def __post_init__(self) -> None:
         check_constraints(self)
+        if isinstance(self.bucket_rows, tuple) and max(self.bucket_rows, default=0) > self.max_batch_rows:
+            raise ValueError(
+                f"bucket_rows {list(self.bucket_rows)} go past max_batch_rows={self.max_batch_rows}"
+            )
+
+    def pass_sizes(self) -> tuple[int, ...]:
+        """The sizes passes are padded to (empty without `bucket_rows`): warm the model up at each."""
+        if self.bucket_rows is None:
+            return ()
+        if self.bucket_rows == "powers-of-two":
+            sizes = {1 << i for i in range(self.max_batch_rows.bit_length()) if 1 << i <= self.max_batch_rows}
+        else:
+            sizes = set(self.bucket_rows)
+        return tuple(sorted(sizes | {self.max_batch_rows}))
+
+    def padded(self, rows: int) -> int:
+        """The rows of a pass of `rows`: the next size up (`rows` itself past the largest)."""
+        return next((size for size in self.pass_sizes() if size >= rows), rows)
 
 
 _BATCH_FAILED = "internal server error; the batch's forward pass failed, the traceback is in the server log"
@@ -131,6 +155,8 @@ class Batcher(Resource, Generic[T, R]):
         self.batches = 0
         self.batched_rows = 0
         self.oom_splits = 0  # batches retried in halves after running out of memory
+        self.padded_rows = 0  # rows added to reach a bucket size (`Batching.bucket_rows`)
+        self._sizes = self.settings.pass_sizes()
         self.observers: list[Callable[[int, float], None]] = []  # (rows, seconds) after each batch
         super().__init__(self._lifespan, name=name)
 
@@ -318,6 +344,10 @@ class Batcher(Resource, Generic[T, R]):
         if not live:
             return
         all_rows = [row for entry in live for row in entry.rows]
+        real = len(all_rows)
+        if self._sizes:  # padded to the next bucket with the last row again; its answers dropped
+            all_rows += [all_rows[-1]] * (self.settings.padded(real) - real)
+            self.padded_rows += len(all_rows) - real
         started = anyio.current_time()
         error: Exception | None = None
         times = PassTimes(len(all_rows), len(live)) if any(entry.traced_at for entry in live) else None
@@ -337,11 +367,11 @@ class Batcher(Resource, Generic[T, R]):
         finally:
             elapsed = anyio.current_time() - started
             self._recent_s = 0.8 * self._recent_s + elapsed
-            self._recent_rows = 0.8 * self._recent_rows + len(all_rows)
+            self._recent_rows = 0.8 * self._recent_rows + real
             self.batches += 1
-            self.batched_rows += len(all_rows)
+            self.batched_rows += real
             for observe in self.observers:
-                observe(len(all_rows), elapsed)
+                observe(real, elapsed)
         if isinstance(error, OutOfMemory):
             if len(live) == 1:
                 live[0].error = error.for_rows(len(live[0].rows))
@@ -375,7 +405,7 @@ class Batcher(Resource, Generic[T, R]):
                 entry.error = error if isinstance(error, HTTPError) else HTTPError(500, _BATCH_FAILED)
                 entry.done.set()
             return
-        start = 0
+        start = 0  # the padding's answers, after `real`, are never handed out
         for entry in live:
             entry.result = list(outputs[start : start + len(entry.rows)])
             start += len(entry.rows)

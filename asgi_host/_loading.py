@@ -282,7 +282,8 @@ def _compile(
     """`torch.compile` the module and warm it up at each batch size; eager on failure if allowed."""
     options = spec.compile_options or {}
     sizes: list[int | None] = [None, *spec.warmup_batch_sizes]
-    if isinstance(spec.warmup, torch.Tensor) and not any(n >= 2 for n in spec.warmup_batch_sizes):
+    dynamic = options.get("dynamic") is not False  # dynamic=False: a graph per size, as declared
+    if dynamic and isinstance(spec.warmup, torch.Tensor) and not any(n >= 2 for n in spec.warmup_batch_sizes):
         # Compiled for the warmup input's rows only, the first request with more rows would
         # compile again; 2 rows with the batch dimension dynamic cover every size from 2 on.
         sizes.append(2)
@@ -366,7 +367,8 @@ def _warm(
                 x = warmup.to(device=device, dtype=spec.dtype or warmup.dtype).clone()
                 if rows is not None:
                     x = x[:1].repeat(rows, *([1] * (x.dim() - 1)))
-                if compiling and rows is not None and rows >= 2:
+                dynamic = (spec.compile_options or {}).get("dynamic") is not False
+                if compiling and dynamic and rows is not None and rows >= 2:
                     torch._dynamo.mark_dynamic(x, 0)  # one graph for every batch size from 2 on
                 module(x)
             elif rows is None:

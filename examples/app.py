@@ -72,8 +72,11 @@ def make_app(config: IrisConfig | None = None) -> Host:
         execution=config.execution,
         compile=compile_setting(config.compile),
         # Compiled: warm up the smallest and the largest pass a request can cause, so none compiles.
-        # Batched: the largest batch, so execution="auto" times the longest pass the batcher makes.
-        warmup_batch_sizes=(1, config.batching.max_batch_rows if config.batching else config.max_rows)
+        # Batched: the largest batch, so execution="auto" times the longest pass the batcher makes;
+        # with bucket_rows, every size a pass is padded to.
+        warmup_batch_sizes=config.batching.pass_sizes()
+        if config.batching and config.batching.bucket_rows
+        else (1, config.batching.max_batch_rows if config.batching else config.max_rows)
         if config.compile != "off"
         else (config.batching.max_batch_rows,)
         if config.batching

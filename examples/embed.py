@@ -149,7 +149,12 @@ def make_app(config: EmbedConfig | None = None) -> Host:
                 device=config.device,
                 warmup=warmup,
                 compile=compile_setting(config.compile),
-                warmup_batch_sizes=(1, largest) if config.compile != "off" else (),
+                # With bucket_rows, every size a pass is padded to (each a shape compiled once).
+                warmup_batch_sizes=config.batching.pass_sizes()
+                if config.batching and config.batching.bucket_rows
+                else (1, largest)
+                if config.compile != "off"
+                else (),
             ),
         ],
         routes=[Route("/embed", endpoint, methods=["POST"]), openai],

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+import torch
 
 from asgi_host import Batcher, Batching, Host, Request, Response, Route
 from asgi_host.model import Classifier, TorchModel
@@ -97,6 +98,71 @@ async def test_max_batch_rows_splits_batches_and_an_oversized_request_runs_alone
     assert sorted(tuple(r.json()) for r in results) == sorted(
         [(0,), (2, 4), (6, 8), (10, 12, 14, 16, 18, 20)]
     )
+
+
+async def test_passes_are_padded_to_the_next_bucket_and_the_padding_is_dropped() -> None:
+    recorder = Recorder(held=True)
+    settings = Batching(max_batch_rows=8, bucket_rows="powers-of-two")
+    host, batcher = doubling_host(recorder, settings)
+    async with LifespanDriver(host) as lifespan:
+        results: list[HTTPResult] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_post_into, lifespan, [1], results)
+            await recorder.entered.wait()  # the first pass (one row) holds the model
+            queued = 0
+            for body in ([2, 3], [4], [5, 6, 7, 8, 9, 10, 11, 12, 13]):
+                tg.start_soon(_post_into, lifespan, body, results)
+                queued += len(body)
+                await wait_queued(host, queued)
+            recorder.gate.set()
+    assert recorder.batches == [
+        [1],  # 1 row: a size of its own
+        [2, 3, 4, 4],  # 3 rows padded to 4 with the last row again
+        [5, 6, 7, 8, 9, 10, 11, 12, 13],  # more than max_batch_rows: alone, as it is
+    ]
+    assert sorted(tuple(r.json()) for r in results) == sorted(
+        [(2,), (4, 6), (8,), (10, 12, 14, 16, 18, 20, 22, 24, 26)]
+    )
+    assert (batcher.padded_rows, batcher.batched_rows) == (1, 13)  # metrics count the real rows
+
+
+def test_bucket_sizes() -> None:
+    assert Batching(max_batch_rows=6, bucket_rows="powers-of-two").pass_sizes() == (1, 2, 4, 6)
+    declared = Batching(max_batch_rows=64, bucket_rows=(8, 32))
+    assert declared.pass_sizes() == (8, 32, 64)
+    assert [declared.padded(n) for n in (1, 8, 9, 33, 64, 65)] == [8, 8, 32, 64, 64, 65]
+    assert Batching().pass_sizes() == ()
+    with pytest.raises((ValueError, msgspec.ValidationError), match="go past max_batch_rows=8"):
+        Batching(max_batch_rows=8, bucket_rows=(16,))
+    assert msgspec.json.decode(b'{"bucket_rows": "powers-of-two"}', type=Batching).pass_sizes()[-1] == 64
+
+
+@pytest.mark.one_loop
+@pytest.mark.server  # inductor compiles in worker processes
+async def test_a_model_compiled_per_shape_warmed_at_the_buckets_never_compiles_on_a_request() -> None:
+    from torch._dynamo.utils import counters
+
+    settings = Batching(max_batch_rows=8, bucket_rows="powers-of-two")
+    model = TorchModel(
+        IrisMLP,
+        WEIGHTS,
+        device="cpu",
+        warmup=torch.zeros(1, 4),
+        warmup_batch_sizes=settings.pass_sizes(),
+        compile={"dynamic": False},  # a graph per shape, as CUDA graphs record one per shape
+    )
+    endpoint = Classifier(labels=LABELS, n_features=4, batching=settings).endpoint
+    host = Host(
+        resources=[model], routes=[Route("/predict", endpoint, methods=["POST"])], startup_timeout_s=300
+    )
+    inputs, _ = load_dataset()
+    async with LifespanDriver(host, startup_timeout_s=300) as lifespan:
+        compiles = counters["frames"]["total"]
+        for rows in (1, 3, 5, 7, 2, 8):
+            result = await lifespan.request("POST", "/predict", json={"inputs": inputs[:rows]})
+            assert result.status == 200
+            assert len(result.json()["outputs"]) == rows
+        assert counters["frames"]["total"] == compiles  # 3, 5 and 7 rows ran padded to 4 and 8
 
 
 def batcher_queue_rows(host: Host) -> int:
