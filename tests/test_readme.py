@@ -3,6 +3,7 @@ run, with the output each block shows (`...` stands for anything)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -42,8 +43,16 @@ def matches(expected: str, output: str) -> bool:
 def run_block(block: str, port: int, documented_port: int) -> str:
     command, expected = command_and_expected(block)
     command = command.replace(f"localhost:{documented_port}", f"127.0.0.1:{port}")
+    # As in a shell where `. .venv/bin/activate` ran, which the README asks for: `python` is the
+    # venv's (CI runs the tests without activating it).
+    venv = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{venv}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(venv.parent),
+    }
     result = subprocess.run(
-        ["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=60, env=None
+        ["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
     )
     assert result.returncode == 0, result.stderr
     assert matches(expected, result.stdout), f"README shows:\n{expected}\nthe run printed:\n{result.stdout}"

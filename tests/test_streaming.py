@@ -16,6 +16,8 @@ from asgi_host.types import Message
 
 pytestmark = pytest.mark.anyio
 
+EMPTY_BODY: Message = {"type": "http.request", "body": b"", "more_body": False}
+
 
 class Source:
     """An async generator of numbered items that records how far it got and how it ended."""
@@ -221,8 +223,11 @@ async def slow_reader(app: Any, path: str, *, delay_s: float, reads: int) -> tup
     it reads `reads` body chunks, then leaves. The chunks it got, and the most bytes it got at once."""
     got: list[bytes] = []
     gone = anyio.Event()
+    body = [EMPTY_BODY]
 
     async def receive() -> Message:
+        if body:
+            return body.pop()
         await gone.wait()
         return {"type": "http.disconnect"}
 
@@ -313,7 +318,7 @@ def test_stream_settings_are_checked() -> None:
 
 async def test_a_stream_through_call_sees_the_disconnect_as_a_real_server_would() -> None:
     source = Source(pause_s=0.01)
-    transcript = await call(host_for(source), http_scope("GET", "/stream"), [], disconnect_after=3)
+    transcript = await call(host_for(source), http_scope("GET", "/stream"), [EMPTY_BODY], disconnect_after=3)
     bodies = [m for d, m in transcript if d == "send" and m["type"] == "http.response.body"]
     assert len(bodies) >= 3
     assert ("receive", {"type": "http.disconnect"}) in transcript
@@ -342,3 +347,36 @@ async def test_a_struct_endpoint_streams_what_its_handler_yields() -> None:
     assert ndjson.lines() == [{"n": 0}, {"n": 1}]
     invalid = await request(host, "POST", "/count", json={"up_to": "x"})
     assert invalid.status == 422  # the body is checked before anything streams
+
+
+async def test_the_watcher_never_cancels_the_receive_that_reads_the_body() -> None:
+    """A server (granian 2.8) whose receive(), once a receive() reading the body was cancelled,
+    answers http.disconnect at once: the host reads the body before watching, so the stream runs."""
+    source = Source(3, pause_s=0.01)
+    gone = anyio.Event()
+    state = {"body read": False, "broken": False}
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if state["broken"]:
+            return {"type": "http.disconnect"}
+        if not state["body read"]:
+            try:
+                await anyio.sleep(0.05)  # the body takes a moment; the first item does not
+            except BaseException:
+                state["broken"] = True
+                raise
+            state["body read"] = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with anyio.fail_after(5):
+        await host_for(source)(http_scope("GET", "/stream"), receive, send)
+    body = b"".join(message.get("body", b"") for message in sent)
+    assert body.count(b"data: ") == 3, body
+    assert source.ended == "finished"
+    assert not state["broken"]

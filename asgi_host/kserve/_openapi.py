@@ -205,9 +205,12 @@ def infer_operation(model: V2Model) -> dict[str, Any]:
             "content": {
                 JSON: {"schema": request},
                 BINARY: {
-                    "schema": {"type": "string", "format": "binary"},
-                    "description": "With Inference-Header-Content-Length: the JSON request "
-                    "(as application/json describes it), then the inputs' bytes.",
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "With Inference-Header-Content-Length: the JSON request "
+                        "(as application/json describes it), then the inputs' bytes.",
+                    },
                 },
             },
         },
