@@ -42,6 +42,7 @@ def check_version(version: str | None) -> str | None:
         )
     return version
 
+
 # The versions of the models whose passes ran for the current request (in its task's context).
 _used_versions: ContextVar[list[str] | None] = ContextVar("asgi_host_model_versions", default=None)
 

@@ -15,6 +15,8 @@ python -m bench reload [args]         # swapping a model in place: time to swap,
 python -m bench openai [args]         # the OpenAI embeddings layer against /embed, in process
 python -m bench pool [args]           # ModelPool: resident cost, 16 clients on 8 models, memory back, cycles
 python -m bench generate [args]       # streaming generation: examples.chat vs FastAPI + transformers
+python -m bench abandon [args]        # work for clients that left: MiniLM unbatched and batched (CPU-s)
+python -m bench context [args]        # request ids, the access log, tracing: their cost per request
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ COMMANDS = {
     "openai": "bench.openai_embeddings",
     "pool": "bench.pool",
     "generate": "bench.generate",
+    "abandon": "bench.abandon",
+    "context": "bench.request_context",
 }
 
 QUICK = [

@@ -379,7 +379,7 @@ async def cycles(cache: Path, count: int) -> dict[str, Any]:
                 "POST", f"/v2/models/{name}/infer", body=body, headers=[("content-type", "application/json")]
             )
             assert result.status == 200, result.body
-            if i + 1 in (50, count):
+            if i + 1 in (50, count) or (i + 1) % max(count // 4, 1) == 0:
                 gc.collect()
                 marks[i + 1] = {
                     "rss MiB": rss_bytes() / MIB,
@@ -398,6 +398,7 @@ async def cycles(cache: Path, count: int) -> dict[str, Any]:
         "rss after 50 MiB": first["rss MiB"],
         f"rss after {count} MiB": last["rss MiB"],
         "growth MiB": last["rss MiB"] - first["rss MiB"],
+        "rss MiB at": {at: round(mark["rss MiB"], 1) for at, mark in sorted(marks.items())},
         "threads": (first["threads"], last["threads"]),
         "live modules": (first["modules"], last["modules"]),
     }

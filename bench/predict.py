@@ -27,7 +27,6 @@ import torch
 
 from asgi_host import Batching
 from asgi_host.testing import LifespanDriver, ServerProcess, server_command
-from bench import peers
 from bench.hop import model_thread
 from examples.app import IrisConfig, make_app
 
@@ -113,6 +112,9 @@ ONE_ROW = msgspec.json.encode({"inputs": [ROW]})
 
 def in_process_apps() -> dict[str, tuple[Any, bytes, bytes, int]]:
     """name: (app, body, content type, requests per measurement as a fraction of n x 10)."""
+    # Here, not at the top: FastAPI imports opentelemetry, which a bench of the host alone should not.
+    from bench import peers
+
     one, packed = ONE_ROW, msgspec.msgpack.encode({"inputs": [ROW]})
     batch = msgspec.json.encode({"inputs": [ROW] * 150})
     json, msgpack = b"application/json", b"application/msgpack"

