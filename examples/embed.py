@@ -32,7 +32,9 @@ from typing import Annotated, Any
 
 import msgspec
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from asgi_host import (
     Batching,
@@ -73,19 +75,40 @@ class Embeddings(msgspec.Struct):
 DIMENSIONS = 384  # all-MiniLM-L6-v2's hidden size: floats per embedding
 
 
-def _forward_counted(
-    module: nn.Module, texts: list[str], tokenizer: Any, device: torch.device
-) -> list[tuple[list[float], int]]:
-    """Each text's embedding and the tokens it was run with (after truncation, padding excluded)."""
+def _forward(module: nn.Module, texts: list[str], tokenizer: Any, device: torch.device) -> list[list[float]]:
+    """The texts' embeddings in one call: tokenized, run and turned into lists together (the reference
+    for the split path below, which serving uses; bench/gpu.py times the model with it)."""
     encoded = tokenizer.encode_batch(texts)
     ids = torch.tensor([e.ids for e in encoded], device=device)
     mask = torch.tensor([e.attention_mask for e in encoded], device=device)
     embeddings: list[list[float]] = module(ids, mask).float().cpu().tolist()
-    return [(vector, sum(e.attention_mask)) for vector, e in zip(embeddings, encoded, strict=True)]
+    return embeddings
 
 
-def _forward(module: nn.Module, texts: list[str], tokenizer: Any, device: torch.device) -> list[list[float]]:
-    return [vector for vector, _ in _forward_counted(module, texts, tokenizer, device)]
+# Serving splits that into three steps, so that the model's thread, which every request of a batch
+# waits for, runs only the middle one (`Rows(prepare=..., finish=...)`):
+
+
+def _prepare(texts: list[str], tokenizer: Any) -> list[torch.Tensor]:
+    """In the request's task: each text's token ids, truncated to `max_tokens`, without padding."""
+    return [torch.tensor(e.ids[: sum(e.attention_mask)]) for e in tokenizer.encode_batch(texts)]
+
+
+def _forward_ids(module: nn.Module, rows: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """On the model's thread: the rows (of one request or many) padded to the longest, rounded up to
+    a multiple of 8 as the tokenizer pads (so a compiled model meets the lengths it was warmed up
+    at), and run; the embeddings, one row each, as a float32 tensor on the CPU."""
+    lengths = torch.tensor([len(row) for row in rows])
+    longest = int(lengths.max())
+    ids = F.pad(pad_sequence(rows, batch_first=True), (0, -longest % 8))
+    mask = (torch.arange(ids.shape[1]) < lengths[:, None]).to(torch.int64)
+    return module(ids.to(device), mask.to(device)).float().cpu()  # type: ignore[no-any-return]
+
+
+def _finish(rows: list[torch.Tensor], embeddings: list[torch.Tensor]) -> list[tuple[list[float], int]]:
+    """In the request's task: each text's embedding as floats, and the tokens it was run with
+    ([CLS] and [SEP] included, after truncation, padding excluded)."""
+    return [(vector.tolist(), len(ids)) for vector, ids in zip(embeddings, rows, strict=True)]
 
 
 def make_app(config: EmbedConfig | None = None) -> Host:
@@ -100,12 +123,18 @@ def make_app(config: EmbedConfig | None = None) -> Host:
     def tokenizer() -> None:
         load_tokenizer(config.max_tokens)  # at startup: a missing tokenizer.json fails it, with the path
 
-    def forward(
-        module: nn.Module, texts: list[str], device: torch.device, dtype: torch.dtype
-    ) -> list[tuple[list[float], int]]:
-        return _forward_counted(module, texts, load_tokenizer(config.max_tokens), device)  # cached
+    def prepare(texts: list[str]) -> list[torch.Tensor]:
+        return _prepare(texts, load_tokenizer(config.max_tokens))  # cached
 
-    rows: Rows[str, tuple[list[float], int]] = Rows(forward, batching=config.batching)
+    def forward(
+        module: nn.Module, rows: list[torch.Tensor], device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        return _forward_ids(module, rows, device)
+
+    # Tokenizing and the embeddings' lists in each request's task; the model's thread runs the pass.
+    rows: Rows[str, tuple[list[float], int]] = Rows(
+        forward, batching=config.batching, prepare=prepare, finish=_finish
+    )
 
     async def run(texts: list[str], request: Request) -> tuple[list[list[float]], list[int]]:
         """The vectors and token counts of `texts`: one pass of the model, or through the batcher."""
@@ -126,7 +155,7 @@ def make_app(config: EmbedConfig | None = None) -> Host:
     def warmup(module: nn.Module, rows: int | None = None) -> None:
         # One short text; with a batch size (compiled), that many texts of the longest length.
         texts = ["warm up"] if rows is None else ["warm up " * config.max_tokens] * rows
-        _forward(module, texts, load_tokenizer(config.max_tokens), next(module.parameters()).device)
+        _forward_ids(module, prepare(texts), next(module.parameters()).device)
 
     largest = config.batching.max_batch_rows if config.batching else config.max_texts
 
