@@ -1,14 +1,12 @@
 """Micro-batching: concurrent requests coalesced into one forward pass.
 
-Each request submits a list of rows; the batcher concatenates the rows of
-queued requests (up to `max_batch_rows`, waiting at most `max_wait_s` after the
-first), calls the batch function once, and hands each request its own slice
-of the outputs, in order. The queue is bounded in rows; when it is full the
-request is refused with 503 and a `Retry-After` estimated from the rows ahead
-and measured pass times (the pass running now counts for at least as long as it
-has run). A request whose client leaves while queued gives its rows back at
-once: only live rows count against the queue. The batch loop is a resource: it
-starts after the model, and at shutdown it stops taking work, finishes what was
+Each request submits a list of rows; the batcher concatenates the rows of queued requests (up to
+`max_batch_rows`, waiting at most `max_wait_s` after the first), calls the batch function once, and
+hands each request its own slice of the outputs, in order. A request that finds the loop idle and
+nobody queued (with `max_wait_s=0`) runs its pass in its own task. The queue is bounded in rows; when
+full, the request is refused with 503 and a `Retry-After` estimated from the rows ahead and measured
+pass times. A request whose client leaves while queued gives its rows back at once. The batch loop is
+a resource: it starts after the model, and at shutdown it stops taking work, finishes what was
 admitted (within `drain_timeout_s`) and only then lets the model go.
 """
 
@@ -55,7 +53,8 @@ class Batching(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_queue_rows: Annotated[int, msgspec.Meta(ge=1)] = 4096
     """Rows waiting at most; beyond, 503 with Retry-After."""
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 30.0
-    """Per-request limit from queueing to answer; past it, 504."""
+    """Per-request limit from queueing to answer; past it, 504. A request that finds the model idle
+    and nobody queued runs its pass at once and waits for it, as an unbatched request does."""
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     """At shutdown, how long admitted requests may take to finish before they get 503."""
     bucket_rows: tuple[Annotated[int, msgspec.Meta(ge=1)], ...] | Literal["powers-of-two"] | None = None
@@ -92,6 +91,19 @@ _BATCH_FAILED = "internal server error; the batch's forward pass failed, the tra
 BatchFn = Callable[[Mapping[str, Any], list[T]], Awaitable[Sequence[R]]]
 
 
+class _Done:  # a lone request's `done`: its own task runs its pass, nobody waits on it (no Event)
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class _Entry(Generic[T, R]):
     __slots__ = (
         "cancelled",
@@ -106,9 +118,9 @@ class _Entry(Generic[T, R]):
         "versions",
     )
 
-    def __init__(self, rows: list[T]) -> None:
+    def __init__(self, rows: list[T], done: anyio.Event | _Done) -> None:
         self.rows = rows
-        self.done = anyio.Event()
+        self.done = done
         self.result: list[R] | None = None
         self.error: HTTPError | None = None
         self.cancelled = False
@@ -140,6 +152,7 @@ class Batcher(Resource, Generic[T, R]):
         self._queue: deque[_Entry[T, R]] = deque()  # may hold cancelled entries: skipped, rows uncounted
         self._cancelled_in_queue = 0
         self._batch: list[_Entry[T, R]] = []  # taken off the queue for the pass being filled or run
+        self._alone = False  # a lone request's pass runs in its own task (the loop waits for it)
         self._queued_rows = 0
         self._wakeup = anyio.Event()
         self._admitted = InFlight()  # requests submitted and not yet answered, for the drain
@@ -170,10 +183,8 @@ class Batcher(Resource, Generic[T, R]):
         return self._closing
 
     def retry_after_s(self) -> int:
-        """Seconds until the queue as it is now would have drained: what is left of the pass running
-        now, then the rows waiting, at the time a row took in recent passes (weighted by rows). The
-        running pass's rows take at least as long as they have so far: before any pass has ended,
-        that is all there is to go on."""
+        """Seconds until the queue would have drained: the running pass's rest (its rows take at least
+        as long as they have so far), then the rows waiting, at recent passes' time per row."""
         row_s = self._recent_s / self._recent_rows if self._recent_rows else 0.0
         left_s = 0.0
         if self._pass_began is not None:
@@ -203,11 +214,32 @@ class Batcher(Resource, Generic[T, R]):
                 headers=[("retry-after", str(self.retry_after_s()))],
             )
         with self._admitted:
+            if settings.max_wait_s <= 0 and not self._alone and not self._batch and self._head() is None:
+                return await self._run_alone(rows)
             return await self._wait_for(rows, request)
+
+    async def _run_alone(self, rows: list[T]) -> list[R]:
+        """The loop idle and nobody queued: the pass runs in the request's task (no task group, no
+        Event). Requests arriving meanwhile queue; the loop takes them once this pass has ended."""
+        entry: _Entry[T, R] = _Entry(rows, _Done())
+        entry.queued = False
+        self._alone = True
+        self._batch = [entry]
+        self._pass_began, self._pass_rows = anyio.current_time(), len(rows)
+        try:
+            await self._pass([entry])
+        finally:
+            self._pass_began = None
+            self._batch = []
+            self._alone = False
+            if self._queue:
+                self._wakeup.set()
+        return self._answer(entry, len(rows))
 
     async def _wait_for(self, rows: list[T], request: Request | None) -> list[R]:
         settings = self.settings
-        entry: _Entry[T, R] = _Entry(rows)
+        done = anyio.Event()
+        entry: _Entry[T, R] = _Entry(rows, done)
         self._queue.append(entry)
         self._queued_rows += len(rows)
         self._wakeup.set()
@@ -224,7 +256,7 @@ class Batcher(Resource, Generic[T, R]):
                             tg.cancel_scope.cancel()
 
                         tg.start_soon(watch)
-                    await entry.done.wait()
+                    await done.wait()
                     tg.cancel_scope.cancel()
         finally:
             if not entry.done.is_set():
@@ -233,12 +265,16 @@ class Batcher(Resource, Generic[T, R]):
             raise ClientDisconnect("the client disconnected while its request was queued")
         if not entry.done.is_set():
             raise HTTPError(504, f"no answer within timeout_s={settings.timeout_s}; the model is overloaded")
+        return self._answer(entry, len(rows))
+
+    def _answer(self, entry: _Entry[T, R], rows: int) -> list[R]:
+        """A finished entry's outputs, or its error, in the request's own task."""
         record_versions(entry.versions)  # into this request's task, from the batch loop's
         if entry.error is not None:
             raise entry.error
         assert entry.result is not None
         if entry.times is not None:  # in the request's task: children of its span
-            record_pass(entry.traced_at, entry.times, len(rows), batched=True)
+            record_pass(entry.traced_at, entry.times, rows, batched=True)
         return entry.result
 
     def _cancel(self, entry: _Entry[T, R]) -> None:
@@ -311,7 +347,8 @@ class Batcher(Resource, Generic[T, R]):
     async def _loop(self) -> None:
         settings = self.settings
         while True:
-            while (first := self._take()) is None:
+            # While a lone request's pass runs (in its own task) the loop starts none.
+            while self._alone or (first := self._take()) is None:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
             self._batch = batch = [first]

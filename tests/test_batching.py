@@ -260,13 +260,77 @@ async def test_retry_after_counts_the_pass_running_now() -> None:
 
 
 async def test_request_timeout_is_504() -> None:
+    """A request queued behind a pass that does not end gets 504 at timeout_s; the request whose
+    pass it is (it found the model idle: a lone pass) waits for it, as an unbatched request does."""
     recorder = Recorder(held=True)
     host, _ = doubling_host(recorder, Batching(max_wait_s=0.0, timeout_s=0.1))
-    async with LifespanDriver(host) as lifespan:
-        result = await lifespan.request("POST", "/double", json=[1])
+    async with LifespanDriver(host) as lifespan, anyio.create_task_group() as tg:
+        first: list[HTTPResult] = []
+
+        async def running() -> None:
+            first.append(await lifespan.request("POST", "/double", json=[1]))
+
+        tg.start_soon(running)
+        await recorder.entered.wait()
+        queued = await lifespan.request("POST", "/double", json=[2])
         recorder.gate.set()
-    assert result.status == 504
-    assert result.json()["error"]["message"].startswith("no answer within timeout_s=0.1")
+    assert queued.status == 504
+    assert queued.json()["error"]["message"].startswith("no answer within timeout_s=0.1")
+    assert (first[0].status, first[0].json()) == (200, [2])
+    assert recorder.batches == [[1]]  # the queued request's rows were dropped, never run
+
+
+async def test_a_lone_request_runs_its_pass_in_its_own_task() -> None:
+    """Nobody queued and the loop idle: the request's own task runs the pass (no hop to the
+    loop's task, no Event); requests that arrive meanwhile are batched by the loop after it."""
+    tasks: list[object] = []
+    gate = anyio.Event()
+    entered = anyio.Event()
+
+    async def double(state: Mapping[str, Any], rows: list[int]) -> Sequence[int]:
+        tasks.append(anyio.get_current_task().id)
+        if rows == [1]:
+            entered.set()
+            await gate.wait()
+        return [2 * r for r in rows]
+
+    batcher: Batcher[int, int] = Batcher(double, Batching(max_wait_s=0.0))
+    answers: dict[int, list[int]] = {}
+    callers: dict[int, int] = {}
+
+    async def submit(n: int) -> None:
+        callers[n] = anyio.get_current_task().id
+        answers[n] = await batcher.submit([n])
+
+    async with LifespanDriver(Host(resources=[batcher])), anyio.create_task_group() as tg:
+        tg.start_soon(submit, 1)
+        await entered.wait()  # the lone pass runs; two more requests arrive meanwhile
+        tg.start_soon(submit, 2)
+        tg.start_soon(submit, 3)
+        await until(lambda: batcher.queued_rows == 2)
+        assert len(tasks) == 1  # the loop started no pass while the lone one ran
+        gate.set()
+    assert answers == {1: [2], 2: [4], 3: [6]}
+    assert tasks[0] == callers[1]  # the lone pass ran in its request's task
+    assert len(tasks) == 2
+    assert tasks[1] not in (callers[2], callers[3])  # the loop's task ran 2 and 3 in one pass
+    assert batcher.batches == 2
+    assert batcher.batched_rows == 3
+
+
+async def test_with_max_wait_a_lone_request_still_waits_for_company() -> None:
+    tasks: list[object] = []
+
+    async def double(state: Mapping[str, Any], rows: list[int]) -> Sequence[int]:
+        tasks.append(anyio.get_current_task().id)
+        return [2 * r for r in rows]
+
+    batcher: Batcher[int, int] = Batcher(double, Batching(max_wait_s=0.05))
+    async with LifespanDriver(Host(resources=[batcher])), anyio.create_task_group() as tg:
+        for n in (1, 2):
+            tg.start_soon(batcher.submit, [n])
+    assert len(tasks) == 1  # one pass, both requests in it
+    assert batcher.batched_rows == 2
 
 
 async def test_a_failing_batch_fails_only_its_requests_and_the_batcher_goes_on() -> None:
