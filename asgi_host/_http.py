@@ -208,10 +208,7 @@ class Request:
         elif current_async_library() == "asyncio":
             await self._read_eagerly(chunks, limit, self.body_timeout_s, declared)
         else:
-            with anyio.move_on_after(self.body_timeout_s) as scope:
-                await self._read(chunks, limit)
-            if scope.cancelled_caught:
-                raise self._too_slow(chunks, declared)
+            await self._read_eagerly_trio(chunks, limit, self.body_timeout_s, declared)
         self._body = b"".join(chunks)
         return self._body
 
@@ -245,6 +242,45 @@ class Request:
                 await self._read(chunks, limit)
         except TimeoutError:
             raise self._too_slow(chunks, declared) from None
+
+    async def _read_eagerly_trio(
+        self, chunks: list[bytes], limit: int | None, timeout_s: float, declared: str | None
+    ) -> None:
+        """On trio under hypercorn: a body that has already arrived is read with no cancel scope.
+
+        hypercorn's `receive()` on trio is a memory channel's: with the message
+        there, its first step takes it and yields only a cancel-shielded
+        checkpoint (a reschedule that no cancellation interrupts) before
+        returning it; without, it waits and opens no cancel scope of its own.
+        So its first step is taken by hand: a checkpoint of that kind is passed
+        up with no timer, anything else (a real wait) is awaited under the
+        timeout, as is the rest of the body. Any other `receive()` (a
+        middleware's, which may open a scope of its own before it suspends:
+        a scope entered after that step would close before it, which trio
+        refuses) is read under the timeout from the start.
+        """
+        receiving: Awaitable[Message] | None = None
+        if _is_memory_channel_receive(self.receive):
+            receiving = self.receive()
+            assert isinstance(receiving, Coroutine)
+            try:
+                yielded = receiving.send(None)
+            except StopIteration as done:  # pragma: no cover - the channel always checkpoints
+                self._take(done.value, chunks, limit)
+                receiving = None
+            else:
+                receiving = _Suspended(receiving, yielded)
+                if getattr(yielded, "__name__", None) == "CancelShieldedCheckpoint":
+                    self._take(await receiving, chunks, limit)  # in hand: only a reschedule left
+                    receiving = None
+            if self._ended:
+                return
+        with anyio.move_on_after(timeout_s) as scope:
+            if receiving is not None:
+                self._take(await receiving, chunks, limit)
+            await self._read(chunks, limit)
+        if scope.cancelled_caught:
+            raise self._too_slow(chunks, declared)
 
     def _too_slow(self, chunks: list[bytes], declared: str | None) -> HTTPError:
         # A stalled client must not hold the request (and a slot of every limit) open.
@@ -314,6 +350,12 @@ class Request:
                     self._ended = True
                     return dropped <= max_bytes
         return False
+
+
+def _is_memory_channel_receive(receive: Receive) -> bool:
+    """Whether `receive` is a trio memory channel's `receive` (hypercorn's on trio)."""
+    channel = getattr(receive, "__self__", None)
+    return channel is not None and type(channel).__name__ == "MemoryReceiveChannel"
 
 
 class _Suspended:

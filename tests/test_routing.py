@@ -437,3 +437,54 @@ async def test_a_content_length_of_other_digits_is_not_a_500() -> None:
     answer = await request(host, "POST", "/n", body=b"abc", headers=[("content-length", "\u00b2")])
     assert answer.status == 200
     assert answer.json() == {"length": 3}
+
+
+def test_on_trio_a_body_in_hypercorns_channel_is_read_with_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hypercorn's receive() on trio is a memory channel's: a body already there is read with no
+    cancel scope (a timer costs ~14 us); one that has to be waited for, or never comes, is timed."""
+    trio = pytest.importorskip("trio")
+
+    async def length(request: Request) -> Response:
+        return Response.json({"length": len(await request.body())})
+
+    host = Host(routes=[Route("/n", length, methods=["POST"])], body_timeout_s=0.3)
+    scope = http_scope("POST", "/n", headers=[("content-length", "5")])
+    body: Message = {"type": "http.request", "body": b"abcde", "more_body": False}
+    timers: list[float] = []
+    move_on_after = anyio.move_on_after
+
+    def timer(delay: float, shield: bool = False) -> anyio.CancelScope:
+        timers.append(delay)
+        return move_on_after(delay, shield=shield)
+
+    monkeypatch.setattr(anyio, "move_on_after", timer)
+
+    async def answer(case: str) -> tuple[int, bytes, int]:
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        to_app, receive_channel = trio.open_memory_channel[Message](4)
+        timers.clear()
+        async with trio.open_nursery() as nursery:
+            if case == "arrived":
+                await to_app.send(body)
+            elif case == "later":
+
+                async def later() -> None:
+                    await trio.sleep(0.05)
+                    await to_app.send(body)
+
+                nursery.start_soon(later)
+            await host(scope, receive_channel.receive, send)
+        return sent[0]["status"], sent[-1].get("body", b""), len(timers)
+
+    async def main() -> dict[str, tuple[int, bytes, int]]:
+        return {case: await answer(case) for case in ("arrived", "later", "never")}
+
+    results = trio.run(main)
+    assert results["arrived"] == (200, b'{"length":5}', 0)  # no timer at all
+    assert results["later"] == (200, b'{"length":5}', 1)
+    assert results["never"][0] == 408
+    assert results["never"][2] == 1
