@@ -366,7 +366,7 @@ class Host:
         with self._in_flight:
             await self._dispatch(scope, receive, send, match)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, match: Match) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, match: Match) -> int | None:
         tracker = self._lifespan
         if tracker.phase is LifespanPhase.STARTED and not tracker.loading and tracker.load_error is None:
             refused = None  # the common case, decided without building a readiness report
@@ -377,15 +377,17 @@ class Host:
         if refused is None and match.mount is not None:
             self._request_state(scope)
             child = match.mount.child_scope(scope, match.path)
-            await match.mount.app(child, receive, with_request_id(send, scope))
-            return
-        await self._respond(scope, receive, send, match, refused)
+            status: list[int] = []
+            await match.mount.app(child, receive, with_request_id(send, scope, status))
+            return status[0] if status else None
+        return await self._respond(scope, receive, send, match, refused)
 
     async def _respond(
         self, scope: Scope, receive: Receive, send: Send, match: Match, refused: HTTPError | None = None
-    ) -> None:
+    ) -> int | None:
         """The one place a routed request is answered: the endpoint's response, or the route's error
-        format for every error (the host's refusals, an `HTTPError`, an unhandled exception)."""
+        format for every error (the host's refusals, an `HTTPError`, an unhandled exception); the
+        status answered (None: the client left first)."""
         method: str = scope["method"]
         request: Request | None = None
         error = refused or match.error
@@ -406,15 +408,14 @@ class Host:
                 # A stream: its first item is taken here, so an error before the first byte is
                 # answered like any other, with its status.
                 response = as_stream(response, request.headers.get("accept"))
-                # The body is read before the stream's watcher waits on receive(), so the watcher
-                # never cancels a receive() that is reading it: granian 2.8 answers the next
-                # receive() after that with a false http.disconnect (2 requests in 3 here).
+                # Read before the stream's watcher waits on receive(), which never cancels a body
+                # read: granian 2.8 answers the receive() after that with a false http.disconnect.
                 await request.body()
                 await response.prime(receive)
         except HTTPError as exc:
             response = answer_error(exc)
         except ClientDisconnect:
-            return  # nobody to answer
+            return None  # nobody to answer
         except Exception:
             logger.exception("unhandled error in %s %s", method, match.path)
             response = answer_error(
@@ -428,6 +429,7 @@ class Host:
         except OSError:
             # ASGI 2.4: send() may raise once the client has gone away.
             logger.debug("client went away before the response to %s %s was sent", method, match.path)
+        return response.status
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope)
@@ -440,8 +442,7 @@ class Host:
 
 
 async def refuse_websocket(receive: Receive, send: Send) -> None:
-    """A plain HTTP app denies websockets: close before accept, and the server answers the
-    handshake with 403."""
+    """A plain HTTP app denies websockets: close before accept (the server answers 403)."""
     message = await receive()
     if message.get("type") == "websocket.connect":
         await send_message(

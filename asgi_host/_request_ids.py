@@ -102,12 +102,15 @@ def stamp_request_id(response: _Answer, scope: Scope) -> None:
     response.headers.append((REQUEST_ID_HEADER, scope[SCOPE_KEY][0]))
 
 
-def with_request_id(send: Send, scope: Scope) -> Send:
-    """`send` for a mount: its response gets `x-request-id` unless it has one (a mounted host's)."""
+def with_request_id(send: Send, scope: Scope, statuses: list[int] | None = None) -> Send:
+    """`send` for a mount: its response gets `x-request-id` unless it has one (a mounted host's);
+    the status it answers with is appended to `statuses`."""
     header = (REQUEST_ID_HEADER, scope[SCOPE_KEY][0])
 
     async def stamped(message: Message) -> None:
         if message["type"] == "http.response.start":
+            if statuses is not None:
+                statuses.append(message["status"])
             headers = list(message.get("headers", ()))
             if all(bytes(name).lower() != REQUEST_ID_HEADER for name, _ in headers):
                 message = {**message, "headers": [*headers, header]}

@@ -173,7 +173,8 @@ class Match(NamedTuple):
 
 
 # What serves a resolved request; metrics wrap it (see `Metrics.wrap`).
-Dispatch = Callable[[Scope, Receive, Send, Match], Awaitable[None]]
+Dispatch = Callable[[Scope, Receive, Send, Match], Awaitable[int | None]]
+"""Answers a matched request; returns the status it answered with (None: nothing was answered)."""
 
 
 def route_path(scope: Scope) -> str:
