@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import sniffio
 import torch
 
 from asgi_host import Batching
@@ -85,6 +86,8 @@ async def in_process(
         if message["type"] == "http.response.start":
             status = message["status"]
 
+    message = {"type": "http.request", "body": body, "more_body": False}
+
     async def one() -> None:
         sent = False
 
@@ -92,10 +95,21 @@ async def in_process(
             nonlocal sent
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return message
             return {"type": "http.disconnect"}
 
         await app({**scope_base, "state": dict(state)}, receive, send)
+
+    async def one_from_a_channel() -> None:
+        # As hypercorn on trio hands the body over: a memory channel's receive().
+        to_app, from_server = trio.open_memory_channel[dict[str, Any]](1)
+        to_app.send_nowait(message)
+        await app({**scope_base, "state": dict(state)}, from_server.receive, send)
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        one = one_from_a_channel  # the server's way on this loop
 
     for _ in range(warmup):
         await one()
@@ -156,27 +170,38 @@ async def thread_round_trip(n: int) -> float:
         return (time.perf_counter() - started) / n
 
 
-async def measure_in_process(n: int, rounds: int = 3) -> dict[str, float]:
-    """Each app's best of `rounds` measurements, the apps taking turns within each round.
-
-    Best-of, not mean: on a shared 2-core machine the slower rounds are other
-    processes' noise, and every figure is read against the floor of the same round.
+async def measure_in_process(n: int, rounds: int = 3) -> dict[str, list[float]]:
+    """Each app's seconds per request in each of `rounds` rounds, the apps taking turns within each
+    round (their order rotating). Read a figure against the floor of the same round: on a shared
+    2-core machine whole rounds move by tens of percent with other processes' noise.
     """
     apps = in_process_apps()
-    results: dict[str, float] = {}
+    results: dict[str, list[float]] = {name: [] for name in apps}
+    hop_name = "bare thread round trip (ModelHandle.run no-op)"
+    results[hop_name] = []
     async with AsyncExitStack() as stack:
         states = {
             name: (await stack.enter_async_context(running(app)))[0] for name, (app, *_) in apps.items()
         }
-        for _ in range(rounds):
-            for name, (app, body, content_type, share) in apps.items():
+        names = list(apps)
+        for round_ in range(rounds):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                app, body, content_type, share = apps[name]
                 seconds = await in_process(app, states[name], body, content_type, max(n * share // 10, 100))
-                results[name] = min(results.get(name, seconds), seconds)
-            hop = await thread_round_trip(n)
-            results["bare thread round trip (ModelHandle.run no-op)"] = min(
-                results.get("bare thread round trip (ModelHandle.run no-op)", hop), hop
-            )
+                results[name].append(seconds)
+            results[hop_name].append(await thread_round_trip(n))
     return results
+
+
+def against(results: dict[str, list[float]], name: str, reference: str) -> float:
+    """The median over the rounds of `name`'s time over `reference`'s in the same round."""
+    return statistics.median(a / b for a, b in zip(results[name], results[reference], strict=True))
+
+
+def difference_us(results: dict[str, list[float]], name: str, reference: str) -> float:
+    """The median over the rounds of `name`'s time minus `reference`'s in the same round, in us."""
+    return statistics.median(a - b for a, b in zip(results[name], results[reference], strict=True)) * 1e6
 
 
 def measure_http(n: int, port: int, env: dict[str, str]) -> dict[str, float]:
@@ -226,6 +251,7 @@ def main() -> None:
     parser.add_argument("--http-n", type=int, default=2000, help="requests over HTTP")
     parser.add_argument("--port", type=int, default=8799)
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="in-process rounds (each app's best is kept)")
     args = parser.parse_args()
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
@@ -237,23 +263,26 @@ def main() -> None:
         f"{statistics.median(ready) * 1e3:.1f} ms (min {min(ready) * 1e3:.1f} ms)"
     )
     for backend in ("asyncio", "trio"):
-        results = anyio.run(measure_in_process, args.n, backend=backend)
-        print(f"\n| {backend}: in-process | us/request | / work floor |\n|---|---|---|")
-        floor = results["work floor"]
-        for name, seconds in results.items():
-            print(f"| {name} | {seconds * 1e6:.1f} | {seconds / floor:.2f}x |")
-        ours = results["asgi_host default (auto, metrics on)"]
-        off = results["asgi_host auto, metrics off"]
-        thread = results["asgi_host thread, metrics off"]
-        hop = results["bare thread round trip (ModelHandle.run no-op)"]
-        lone = results["asgi_host batching on, 1 client"]
-        fastapi = results["FastAPI, as its docs teach"]
+        results = anyio.run(measure_in_process, args.n, args.rounds, backend=backend)
         print(
-            f"\n{backend}: default / work floor {ours / floor:.2f}x; "
-            f"FastAPI / default {fastapi / ours:.2f}x; metrics cost {(ours - off) * 1e6:+.1f} us; "
-            f"thread mode {thread * 1e6:.1f} us against floor + hop + 10 us = "
-            f"{(floor + hop + 10e-6) * 1e6:.1f} us; batcher, lone request: "
-            f"{(lone - off) * 1e6:+.1f} us over no batcher"
+            f"\n| {backend}: in-process | us/request (best round) | / work floor (median of the rounds) |"
+            "\n|---|---|---|"
+        )
+        for name, seconds in results.items():
+            print(f"| {name} | {min(seconds) * 1e6:.1f} | {against(results, name, 'work floor'):.2f}x |")
+        floor = "work floor"
+        ours, off = "asgi_host default (auto, metrics on)", "asgi_host auto, metrics off"
+        thread, hop = "asgi_host thread, metrics off", "bare thread round trip (ModelHandle.run no-op)"
+        over_floor_and_hop = statistics.median(
+            (t - f - h) * 1e6 for t, f, h in zip(results[thread], results[floor], results[hop], strict=True)
+        )
+        lone = difference_us(results, "asgi_host batching on, 1 client", off)
+        fastapi = against(results, "FastAPI, as its docs teach", ours)
+        print(
+            f"\n{backend} (medians of the rounds): default / floor {against(results, ours, floor):.2f}x; "
+            f"FastAPI / default {fastapi:.2f}x; metrics cost {difference_us(results, ours, off):+.1f} us; "
+            f"thread mode: floor + hop {over_floor_and_hop:+.1f} us; "
+            f"batcher, lone request: {lone:+.1f} us over no batcher"
         )
     if not args.no_http:
         for label, env in (("auto (inline)", {}), ("thread", {"IRIS_EXECUTION": "thread"})):
