@@ -17,6 +17,7 @@ python -m bench pool [args]           # ModelPool: resident cost, 16 clients on 
 python -m bench generate [args]       # streaming generation: examples.chat vs FastAPI + transformers
 python -m bench abandon [args]        # work for clients that left: MiniLM unbatched and batched (CPU-s)
 python -m bench context [args]        # request ids, the access log, tracing: their cost per request
+python -m bench buckets [args]        # bucketed batch shapes against one per size, compiled (CPU)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ COMMANDS = {
     "generate": "bench.generate",
     "abandon": "bench.abandon",
     "context": "bench.request_context",
+    "buckets": "bench.buckets",
 }
 
 QUICK = [

@@ -4,6 +4,7 @@
     python -m bench.request_context --against /tmp/asgi_before   # and an older checkout's, in one process
     python -m bench.request_context --app constant --rounds 400  # the host's own work only
     python -m bench.request_context --otel --backends asyncio    # also under OpenTelemetry's middleware
+    python -m bench.request_context --app constant --metrics     # also with Metrics() on
 
 The Iris classifier behind `POST /predict` (execution "auto": its pass runs on the event loop;
 metrics off), built the same way from each package's public names and driven with raw ASGI
@@ -25,6 +26,7 @@ alone, where a microsecond is a larger share.
   tracer provider whose spans go nowhere (the middleware's own spans, and the host's queue-wait and
   forward-pass spans). Run it alone: once opentelemetry is imported, every model request also asks
   it whether the request is traced.
+- `metrics on` (with `--metrics`): `Metrics()` counting and timing each request.
 """
 
 from __future__ import annotations
@@ -103,13 +105,20 @@ def otel_app(app: Any) -> Any | None:
     return OpenTelemetryMiddleware(app)
 
 
-def cases(against: Path | None, otel: bool, app: str) -> dict[str, tuple[Any, list[tuple[bytes, bytes]]]]:
+Case = tuple[Any, list[tuple[bytes, bytes]]]  # the app, the request's headers
+
+
+def cases(against: Path | None, otel: bool, app: str, metrics: bool = False) -> dict[str, Case]:
     build = iris if app == "iris" else constant
-    found: dict[str, tuple[Any, list[tuple[bytes, bytes]]]] = {}
+    found: dict[str, Case] = {}
     if against is not None:
         found["before"] = (build(*older_package(against)), [JSON])
     found["off"] = (build(asgi_host, asgi_host.model), [JSON])
     found["x-request-id sent"] = (build(asgi_host, asgi_host.model), [JSON, (b"x-request-id", b"req-12345")])
+    if metrics:
+        from asgi_host.metrics import Metrics
+
+        found["metrics on"] = (build(asgi_host, asgi_host.model, metrics=Metrics()), [JSON])
     quiet_access_log()
     found["access log json + traceparent"] = (
         build(asgi_host, asgi_host.model, access_log="json"),
@@ -123,9 +132,11 @@ def cases(against: Path | None, otel: bool, app: str) -> dict[str, tuple[Any, li
     return found
 
 
-async def measure(n: int, rounds: int, against: Path | None, otel: bool, app: str) -> dict[str, list[float]]:
+async def measure(
+    n: int, rounds: int, against: Path | None, otel: bool, app: str, metrics: bool = False
+) -> dict[str, list[float]]:
     """Seconds per request of each case in each round; the order of the cases turns every round."""
-    apps = cases(against, otel, app)
+    apps = cases(against, otel, app, metrics)
     times: dict[str, list[float]] = {name: [] for name in apps}
     async with AsyncExitStack() as stack:
         states = {name: (await stack.enter_async_context(running(app)))[0] for name, (app, _) in apps.items()}
@@ -150,13 +161,16 @@ def main() -> None:
     parser.add_argument(
         "--otel", action="store_true", help="also under OpenTelemetry's middleware (imports opentelemetry)"
     )
+    parser.add_argument("--metrics", action="store_true", help="also with Metrics() on (metrics extra)")
     args = parser.parse_args()
     print(
         f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs {platform.machine()}, python "
         f"{platform.python_version()}, torch {torch.__version__}; -n {args.n}, {args.rounds} rounds"
     )
     for backend in args.backends:
-        times = anyio.run(measure, args.n, args.rounds, args.against, args.otel, args.app, backend=backend)
+        times = anyio.run(
+            measure, args.n, args.rounds, args.against, args.otel, args.app, args.metrics, backend=backend
+        )
         imported = "opentelemetry.trace" in sys.modules
         print(f"\n{backend}: opentelemetry {'imported' if imported else 'not imported'} in this process")
         label = "before" if "before" in times else "off"
