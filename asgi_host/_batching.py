@@ -18,13 +18,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
-import msgspec
 
 from ._clock import deadline
-from ._config import check_constraints
+from ._config import Batching
 from ._errors import ClientDisconnect, HTTPError, OutOfMemory
 from ._http import Request
 from ._inflight import InFlight
@@ -42,48 +41,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Batching(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Micro-batching settings (units in the names; checked on construction)."""
-
-    max_batch_rows: Annotated[int, msgspec.Meta(ge=1)] = 64
-    """Rows in one forward pass at most. A single request with more rows runs alone."""
-    max_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    """How long the first queued request waits for company. 0 (the default) batches what queued up
-    while the previous pass ran: no delay for a lone request (see docs/benchmarks.md)."""
-    max_queue_rows: Annotated[int, msgspec.Meta(ge=1)] = 4096
-    """Rows waiting at most; beyond, 503 with Retry-After."""
-    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = 30.0
-    """Per-request limit from queueing to answer; past it, 504. A request that finds the model idle
-    and nobody queued runs its pass at once and waits for it, as an unbatched request does."""
-    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
-    """At shutdown, how long admitted requests may take to finish before they get 503."""
-    bucket_rows: tuple[Annotated[int, msgspec.Meta(ge=1)], ...] | Literal["powers-of-two"] | None = None
-    """Pad each pass to the next of these sizes (rows): `"powers-of-two"` (1, 2, 4, ... up to
-    `max_batch_rows`, which is always one), or the sizes given (`max_batch_rows` added). Padding
-    repeats the pass's last row; its answers are dropped. A compiled model (CUDA graphs above all)
-    then meets a few shapes, warmed up at startup (`pass_sizes()` as `warmup_batch_sizes`),
-    instead of recording one per batch size. None (the default): passes as they come."""
-
-    def __post_init__(self) -> None:
-        check_constraints(self)
-        if isinstance(self.bucket_rows, tuple) and max(self.bucket_rows, default=0) > self.max_batch_rows:
-            raise ValueError(
-                f"bucket_rows {list(self.bucket_rows)} go past max_batch_rows={self.max_batch_rows}"
-            )
-
-    def pass_sizes(self) -> tuple[int, ...]:
-        """The sizes passes are padded to (empty without `bucket_rows`): warm the model up at each."""
-        if self.bucket_rows is None:
-            return ()
-        if self.bucket_rows == "powers-of-two":
-            sizes = {1 << i for i in range(self.max_batch_rows.bit_length()) if 1 << i <= self.max_batch_rows}
-        else:
-            sizes = set(self.bucket_rows)
-        return tuple(sorted(sizes | {self.max_batch_rows}))
-
-    def padded(self, rows: int) -> int:
-        """The rows of a pass of `rows`: the next size up (`rows` itself past the largest)."""
-        return next((size for size in self.pass_sizes() if size >= rows), rows)
+def _shutting_down() -> HTTPError:
+    return HTTPError(503, "the server is shutting down", headers=[("retry-after", "1")])
 
 
 _BATCH_FAILED = "internal server error; the batch's forward pass failed, the traceback is in the server log"
@@ -152,7 +111,7 @@ class Batcher(Resource, Generic[T, R]):
         self._queue: deque[_Entry[T, R]] = deque()  # may hold cancelled entries: skipped, rows uncounted
         self._cancelled_in_queue = 0
         self._batch: list[_Entry[T, R]] = []  # taken off the queue for the pass being filled or run
-        self._alone = False  # a lone request's pass runs in its own task (the loop waits for it)
+        self._alone: anyio.CancelScope | None = None  # a lone pass's, in its request's task (the loop waits)
         self._queued_rows = 0
         self._wakeup = anyio.Event()
         self._admitted = InFlight()  # requests submitted and not yet answered, for the drain
@@ -214,7 +173,7 @@ class Batcher(Resource, Generic[T, R]):
                 headers=[("retry-after", str(self.retry_after_s()))],
             )
         with self._admitted:
-            if settings.max_wait_s <= 0 and not self._alone and not self._batch and self._head() is None:
+            if settings.max_wait_s <= 0 and self._alone is None and not self._batch and self._head() is None:
                 return await self._run_alone(rows)
             return await self._wait_for(rows, request)
 
@@ -223,17 +182,19 @@ class Batcher(Resource, Generic[T, R]):
         Event). Requests arriving meanwhile queue; the loop takes them once this pass has ended."""
         entry: _Entry[T, R] = _Entry(rows, _Done())
         entry.queued = False
-        self._alone = True
         self._batch = [entry]
         self._pass_began, self._pass_rows = anyio.current_time(), len(rows)
-        try:
-            await self._pass([entry])
-        finally:
-            self._pass_began = None
-            self._batch = []
-            self._alone = False
-            if self._queue:
-                self._wakeup.set()
+        with anyio.CancelScope() as self._alone:  # cancelled by a shutdown past drain_timeout_s
+            try:
+                await self._pass([entry])
+            finally:
+                self._pass_began = None
+                self._batch = []
+                self._alone = None
+                if self._queue:
+                    self._wakeup.set()
+        if not entry.done.is_set():
+            entry.error = _shutting_down()
         return self._answer(entry, len(rows))
 
     async def _wait_for(self, rows: list[T], request: Request | None) -> list[R]:
@@ -306,7 +267,9 @@ class Batcher(Resource, Generic[T, R]):
                 await self._drain()
                 self._running = False
                 tg.cancel_scope.cancel()
-        self._fail_queued(HTTPError(503, "the server is shutting down", headers=[("retry-after", "1")]))
+                if self._alone is not None:
+                    self._alone.cancel()
+        self._fail_queued(_shutting_down())
 
     async def _drain(self) -> None:
         if not await self._admitted.wait_idle(self.settings.drain_timeout_s):
@@ -348,7 +311,7 @@ class Batcher(Resource, Generic[T, R]):
         settings = self.settings
         while True:
             # While a lone request's pass runs (in its own task) the loop starts none.
-            while self._alone or (first := self._take()) is None:
+            while self._alone is not None or (first := self._take()) is None:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
             self._batch = batch = [first]
