@@ -65,9 +65,10 @@ chat: $(CHAT_STAMP)  ## install its packages, serve SmolLM2 (OpenAI's chat API) 
 test: $(STAMP)  ## run every test
 	$(PY) -m pytest -n 2 --dist loadscope
 
-# The inner loop: in-process tests on asyncio, no process started (no `server` test).
+# The inner loop: in-process tests on asyncio, no process started (no `server` test), none of the
+# `slow` ones (pretrained models against their references, long races).
 test-fast: $(STAMP)  ## the in-process tests on one event loop, in under a minute
-	ASGI_HOST_TEST_LOOPS=asyncio $(PY) -m pytest -m "not server" -n 2 --dist loadscope -q
+	ASGI_HOST_TEST_LOOPS=asyncio $(PY) -m pytest -m "not server and not slow" -n 2 --dist loadscope -q
 
 PY_TREES := asgi_host tests examples bench
 

@@ -91,6 +91,7 @@ def flip_rename(path: Path, contents: tuple[Path, Path]) -> Iterator[None]:
             yield
 
 
+@pytest.mark.slow
 @pytest.mark.one_loop  # a race on the file system: the event loop does not matter
 async def test_a_symlink_swapped_during_reloads_never_loads_weights_from_outside(folder: Path) -> None:
     # Before: the path was checked, then opened again by the load; 59 of 511 reloads served the

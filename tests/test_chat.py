@@ -21,7 +21,7 @@ from examples.smollm2 import KVCache, greedy
 from tests._wait import until
 from tests.conftest import LOOPS
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # SmolLM2, greedy answers checked token by token
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CHAT = "/v1/chat/completions"

@@ -86,6 +86,7 @@ async def test_malformed_body_is_400(embedder: LifespanDriver) -> None:
     assert result.status == 400
 
 
+@pytest.mark.slow
 @needs_packaged_weights
 def test_same_embeddings_as_sentence_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
     # The light path (tokenizers + plain torch) must agree with the reference implementation.
@@ -105,6 +106,7 @@ def test_same_embeddings_as_sentence_transformers(monkeypatch: pytest.MonkeyPatc
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+@pytest.mark.slow
 async def test_batched_and_bucketed_passes_answer_what_the_one_call_reference_does() -> None:
     # Requests of 3 texts of different lengths: a shared pass pads them to its longest, and with
     # bucket sizes (4, 8) every pass (3 or 6 rows) is padded by repeating its last prepared row.

@@ -95,6 +95,7 @@ async def admin(life: LifespanDriver, body: Any = None, **kwargs: Any) -> HTTPRe
     [{"execution": "thread"}, {"execution": "inline"}, {"execution": "thread", "batching": Batching()}],
     ids=["thread", "inline", "batched"],
 )
+@pytest.mark.slow
 async def test_swaps_under_load_answer_every_request_and_free_the_old_model(
     weights: tuple[Path, Path], settings: dict[str, Any]
 ) -> None:
@@ -428,6 +429,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.one_loop
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident memory from /proc")
 async def test_memory_stays_at_one_model_across_swaps(tmp_path: Path) -> None:

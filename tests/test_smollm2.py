@@ -9,6 +9,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+pytestmark = pytest.mark.slow  # transformers, the reference, loaded beside the model
+
 pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
