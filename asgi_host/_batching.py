@@ -112,6 +112,7 @@ class Batcher(Resource, Generic[T, R]):
         self._cancelled_in_queue = 0
         self._batch: list[_Entry[T, R]] = []  # taken off the queue for the pass being filled or run
         self._alone: anyio.CancelScope | None = None  # a lone pass's, in its request's task (the loop waits)
+        self._alone_ended: anyio.Event | None = None  # made by a shutdown that waits for a lone pass
         self._queued_rows = 0
         self._wakeup = anyio.Event()
         self._admitted = InFlight()  # requests submitted and not yet answered, for the drain
@@ -193,6 +194,8 @@ class Batcher(Resource, Generic[T, R]):
                 self._alone = None
                 if self._queue:
                     self._wakeup.set()
+                if self._alone_ended is not None:
+                    self._alone_ended.set()  # a shutdown waits for it
         if not entry.done.is_set():
             entry.error = _shutting_down()
         return self._answer(entry, len(rows))
@@ -267,8 +270,11 @@ class Batcher(Resource, Generic[T, R]):
                 await self._drain()
                 self._running = False
                 tg.cancel_scope.cancel()
-                if self._alone is not None:
+                if self._alone is not None:  # the model goes only once the lone pass has ended
+                    self._alone_ended = anyio.Event()
                     self._alone.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await self._alone_ended.wait()
         self._fail_queued(_shutting_down())
 
     async def _drain(self) -> None:

@@ -22,7 +22,7 @@ from ._reload import Reloader, ReloadResult
 from ._request_ids import begin_request_id, stamp_request_id, with_request_id
 from ._resources import Progress, Resource, ResourceStack, as_resource
 from ._routing import Adapter, Dispatch, Endpoint, Match, Mount, Route, Router, expand_routes, route_path
-from ._streaming import as_stream
+from ._streaming import start_stream
 from ._types import ASGIApp, Receive, Scope, Send, State, send_message
 from ._versions import begin_request, stamp_version
 from ._view import HostView
@@ -378,7 +378,11 @@ class Host:
             self._request_state(scope)
             child = match.mount.child_scope(scope, match.path)
             status: list[int] = []
-            await match.mount.app(child, receive, with_request_id(send, scope, status))
+            try:
+                await match.mount.app(child, receive, with_request_id(send, scope, status))
+            except OSError:  # ASGI 2.4: send() may raise once the client has gone away
+                if not status:
+                    raise
             return status[0] if status else None
         return await self._respond(scope, receive, send, match, refused)
 
@@ -407,11 +411,7 @@ class Host:
             if not isinstance(response, Response):
                 # A stream: its first item is taken here, so an error before the first byte is
                 # answered like any other, with its status.
-                response = as_stream(response, request.headers.get("accept"))
-                # Read before the stream's watcher waits on receive(), which never cancels a body
-                # read: granian 2.8 answers the receive() after that with a false http.disconnect.
-                await request.body()
-                await response.prime(receive)
+                response = await start_stream(response, request)
         except HTTPError as exc:
             response = answer_error(exc)
         except ClientDisconnect:

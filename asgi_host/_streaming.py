@@ -32,10 +32,19 @@ import anyio
 import msgspec
 
 from ._errors import ClientDisconnect, HTTPError
-from ._http import Error, ErrorDetail
+from ._http import Error, ErrorDetail, Request
 from ._types import Message, Receive, Send, send_message
 
-__all__ = ["HEARTBEAT_S", "Event", "EventStream", "StreamFormat", "as_stream", "encode_sse", "stream_format"]
+__all__ = [
+    "HEARTBEAT_S",
+    "Event",
+    "EventStream",
+    "StreamFormat",
+    "as_stream",
+    "encode_sse",
+    "start_stream",
+    "stream_format",
+]
 
 logger = logging.getLogger("asgi_host")
 
@@ -82,6 +91,20 @@ def _one_line(value: str) -> str:
 def encode_ndjson(item: Any) -> bytes:
     data = item.data if isinstance(item, Event) else item
     return _json.encode(data) + b"\n"
+
+
+async def start_stream(result: Any, request: Request) -> EventStream:
+    """An endpoint's stream, its first item taken. The request's body is read first: a stream's
+    watcher then never cancels a receive() reading it (granian 2.8 answers the receive() after that
+    with a false http.disconnect). Whatever fails before the first item closes the source."""
+    stream = as_stream(result, request.headers.get("accept"))
+    try:
+        await request.body()
+    except BaseException:
+        await stream.aclose()
+        raise
+    await stream.prime(request.receive)
+    return stream
 
 
 def as_stream(result: Any, accept: str | None) -> EventStream:
@@ -266,6 +289,10 @@ class EventStream:
     async def _body(self, send: Send, data: bytes) -> None:
         await send_message(send, {"type": "http.response.body", "body": data, "more_body": True})
         self.sent_bytes += len(data)
+
+    async def aclose(self) -> None:
+        """Close the source without streaming it (the request failed before the stream began)."""
+        await self._close_source()
 
     async def _close_source(self) -> None:
         """Close the source (an async generator's `finally` runs), whatever state it is in."""

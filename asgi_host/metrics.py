@@ -95,6 +95,7 @@ class Metrics:
         if not path.startswith("/"):
             raise ValueError(f"the metrics path must start with '/', got {path!r}")
         self.path = path
+        latency_buckets_s = sorted({float(bound) for bound in latency_buckets_s})  # +Inf once, last
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = _RequestSeries(latency_buckets_s)  # recorded without a lock, read at each scrape
@@ -232,11 +233,11 @@ class _RequestSeries(Collector):
     """`asgi_host_requests_total{route,method,status}` and `asgi_host_request_duration_seconds{route}`,
     kept in plain lists and read at each scrape: recording a request takes no lock and looks up no
     label (prometheus-client's `inc()` and `observe()` take a lock each, 1.1 us together). Every
-    request is recorded on the event loop's thread; a scrape from another thread may see one request
-    counted and not yet timed, never a torn number."""
+    request is recorded on the event loop's thread; a scrape from another thread may see a request in
+    some of the numbers and not yet in the others (each number is whole)."""
 
     def __init__(self, buckets_s: Sequence[float]) -> None:
-        self.bounds = [*sorted(buckets_s), float("inf")]
+        self.bounds = [*sorted({float(b) for b in buckets_s} - {float("inf")}), float("inf")]
         self.counts: dict[tuple[str, str, int | None], list[Any]] = {}  # key -> [count, its route's]
         self.latency: dict[str, list[Any]] = {}  # route -> [count per bucket (not cumulative), sum]
 

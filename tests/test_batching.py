@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -10,7 +11,7 @@ import msgspec
 import pytest
 import torch
 
-from asgi_host import Batcher, Batching, Host, Request, Response, Route
+from asgi_host import Batcher, Batching, Host, HTTPError, Request, Resource, Response, Route
 from asgi_host.model import Classifier, TorchModel
 from asgi_host.testing import HTTPResult, LifespanDriver
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP, load_dataset
@@ -420,3 +421,45 @@ async def test_a_batched_endpoint_added_with_host_route_starts_its_batcher() -> 
             host.route("/late", methods=["POST"])(
                 Classifier(labels=LABELS, n_features=len(FEATURES), batching=Batching()).endpoint
             )
+
+
+async def test_a_shutdown_past_the_drain_timeout_lets_the_model_go_only_after_the_lone_pass() -> None:
+    """A lone pass that does not stop when cancelled (a pass on the model's thread, waited out) holds
+    the shutdown until it ends, as a pass of the loop's does: the model is never released under it."""
+    events: list[str] = []
+    entered = anyio.Event()
+
+    async def uncancellable(state: Mapping[str, Any], rows: list[int]) -> Sequence[int]:
+        entered.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.3)
+        events.append("pass ended")
+        return rows
+
+    class Model(Resource):
+        def __init__(self) -> None:
+            super().__init__(self._lifespan, name="model")
+
+        @asynccontextmanager
+        async def _lifespan(self, host: Any) -> AsyncIterator[None]:
+            yield
+            events.append("model released")
+
+    batcher: Batcher[int, int] = Batcher(uncancellable, Batching(drain_timeout_s=0.05))
+    answers: list[object] = []
+
+    async def submit() -> None:
+        try:
+            answers.append(await batcher.submit([1]))
+        except HTTPError as exc:
+            answers.append(exc.status)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            driver = LifespanDriver(Host(resources=[Model(), batcher]))
+            await driver.__aenter__()
+            tg.start_soon(submit)
+            await entered.wait()
+            await driver.__aexit__(None, None, None)
+    assert events == ["pass ended", "model released"]
+    assert answers == [[1]]  # the pass ended, so its answer is given, not thrown away for a 503

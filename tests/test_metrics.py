@@ -8,7 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from asgi_host import Batching, Host, Mount, Request, Response, Route
 from asgi_host.metrics import Metrics
 from asgi_host.model import Classifier, TorchModel
-from asgi_host.testing import LifespanDriver
+from asgi_host.testing import LifespanDriver, http_scope
+from asgi_host.types import Message, Receive, Scope, Send
 from examples.iris import FEATURES, LABELS, WEIGHTS, IrisMLP
 
 pytestmark = pytest.mark.anyio
@@ -129,3 +130,50 @@ async def test_metrics_wrap_the_dispatch_and_change_no_answer() -> None:
         answers[on] = [(r.status, r.body) for r in results]
     assert answers[True] == answers[False]
     assert seen == [("/", 200), ("/", 405), ("unmatched", 404), ("/sub", 404)]
+
+
+async def test_latency_buckets_that_end_in_inf_expose_one_inf_bucket() -> None:
+    metrics = Metrics(latency_buckets_s=(0.01, 0.1, float("inf"), 0.1))
+
+    async def hello(request: Request) -> Response:
+        return Response.json({"hello": "world"})
+
+    async with LifespanDriver(Host(routes=[Route("/", hello)], metrics=metrics)) as lifespan:
+        await lifespan.request("GET", "/")
+        scrape = await lifespan.request("GET", "/metrics")
+    buckets = [
+        dict(sample.labels)["le"]
+        for family in text_string_to_metric_families(scrape.body.decode())
+        for sample in family.samples
+        if sample.name == "asgi_host_request_duration_seconds_bucket"
+    ]
+    assert buckets == ["0.01", "0.1", "+Inf"]
+
+
+async def test_a_mount_whose_client_left_after_its_start_is_counted_with_the_status_it_sent() -> None:
+    """ASGI 2.4: send() raises OSError once the client has gone; the status already sent counts."""
+
+    async def sub_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+
+    seen: list[int | None] = []
+
+    class Recording(Metrics):
+        def observe(self, route: str, method: str, status: int | None, seconds: float) -> None:
+            seen.append(status)
+
+    host = Host(routes=[Mount("/sub", sub_app)], metrics=Recording())
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            raise OSError("the client has gone")
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await host(http_scope("GET", "/sub/x"), receive, send)
+    assert sent[0]["status"] == 200
+    assert seen == [200]

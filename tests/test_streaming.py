@@ -380,3 +380,27 @@ async def test_the_watcher_never_cancels_the_receive_that_reads_the_body() -> No
     assert body.count(b"data: ") == 3, body
     assert source.ended == "finished"
     assert not state["broken"]
+
+
+async def test_a_stream_whose_request_body_is_refused_closes_its_source() -> None:
+    closed: list[bool] = []
+
+    class Tokens:
+        """A source already at work when the endpoint returns it (not a generator yet to start)."""
+
+        def __aiter__(self) -> Tokens:
+            return self
+
+        async def __anext__(self) -> dict[str, int]:
+            return {"n": 1}
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    async def endpoint(request: Request) -> Tokens:
+        return Tokens()
+
+    host = Host(routes=[Route("/s", endpoint, methods=["POST"])], max_body_bytes=4)
+    result = await request(host, "POST", "/s", body=b"more than four bytes")
+    assert result.status == 413
+    assert closed == [True]
