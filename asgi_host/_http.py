@@ -224,17 +224,9 @@ class Request:
         which, unlike a cancel scope, does not mind scopes that `receive()` may
         have opened in its first step.
         """
-        receiving: Awaitable[Message] | None = self.receive()
-        if isinstance(receiving, Coroutine):
-            try:
-                yielded = receiving.send(None)
-            except StopIteration as done:
-                self._take(done.value, chunks, limit)
-                if self._ended:
-                    return
-                receiving = None
-            else:
-                receiving = _Suspended(receiving, yielded)
+        receiving, _ = self._first_step(chunks, limit)
+        if self._ended:
+            return
         try:
             async with asyncio.timeout(timeout_s):
                 if receiving is not None:
@@ -261,18 +253,10 @@ class Request:
         """
         receiving: Awaitable[Message] | None = None
         if _is_memory_channel_receive(self.receive):
-            receiving = self.receive()
-            assert isinstance(receiving, Coroutine)
-            try:
-                yielded = receiving.send(None)
-            except StopIteration as done:  # pragma: no cover - the channel always checkpoints
-                self._take(done.value, chunks, limit)
+            receiving, yielded = self._first_step(chunks, limit)
+            if receiving is not None and getattr(yielded, "__name__", None) == "CancelShieldedCheckpoint":
+                self._take(await receiving, chunks, limit)  # in hand: only a reschedule left
                 receiving = None
-            else:
-                receiving = _Suspended(receiving, yielded)
-                if getattr(yielded, "__name__", None) == "CancelShieldedCheckpoint":
-                    self._take(await receiving, chunks, limit)  # in hand: only a reschedule left
-                    receiving = None
             if self._ended:
                 return
         with anyio.move_on_after(timeout_s) as scope:
@@ -281,6 +265,19 @@ class Request:
             await self._read(chunks, limit)
         if scope.cancelled_caught:
             raise self._too_slow(chunks, declared)
+
+    def _first_step(self, chunks: list[bytes], limit: int | None) -> tuple[Awaitable[Message] | None, Any]:
+        """The first `receive()`, stepped once by hand: (None, None) when it returned without
+        suspending (its message taken), else what is left to await and what its step yielded."""
+        receiving = self.receive()
+        if not isinstance(receiving, Coroutine):
+            return receiving, None
+        try:
+            yielded = receiving.send(None)
+        except StopIteration as done:
+            self._take(done.value, chunks, limit)
+            return None, None
+        return _Suspended(receiving, yielded), yielded
 
     def _too_slow(self, chunks: list[bytes], declared: str | None) -> HTTPError:
         # A stalled client must not hold the request (and a slot of every limit) open.
