@@ -23,6 +23,7 @@ __all__ = [
     "OpenAIOperation",
     "check_json",
     "check_model",
+    "check_model_id",
     "decode_request",
     "model_routes",
     "openai_error_event",
@@ -87,6 +88,12 @@ def check_json(request: Request) -> None:
     given = media_type(request.headers.get("content-type"))
     if given != JSON:
         raise OpenAIError(415, f"content type {given!r} is not supported; send application/json")
+
+
+def check_model_id(model: str) -> None:
+    """A served model id must be one path segment (it is also in `/v1/models/{id}`)."""
+    if not model or "?" in model or "#" in model:
+        raise ValueError(f"model id {model!r} must be a non-empty path segment (no '?' or '#')")
 
 
 def check_model(asked: str, served: str) -> None:

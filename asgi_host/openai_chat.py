@@ -33,6 +33,7 @@ from ._openai import (
     OpenAIOperation,
     check_json,
     check_model,
+    check_model_id,
     decode_request,
     model_routes,
     openai_error_event,
@@ -98,8 +99,7 @@ class OpenAIChat:
         created: int | None = None,
         prefix: str = "/v1",
     ) -> None:
-        if not model or "?" in model or "#" in model:
-            raise ValueError(f"model id {model!r} must be a non-empty path segment (no '?' or '#')")
+        check_model_id(model)
         self.generator = generator
         self.encode = encode
         self.chat_prompt = chat_prompt

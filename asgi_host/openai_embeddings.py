@@ -44,6 +44,7 @@ from ._openai import (
     OpenAIOperation,
     check_json,
     check_model,
+    check_model_id,
     decode_request,
     model_routes,
     openai_error_response,
@@ -138,8 +139,7 @@ class OpenAIEmbeddings:
         resources: Sequence[Resource] = (),
         prefix: str = "/v1",
     ) -> None:
-        if not model or "?" in model or "#" in model:
-            raise ValueError(f"model id {model!r} must be a non-empty path segment (no '?' or '#')")
+        check_model_id(model)
         for name, value in (("dimensions", dimensions), ("max_inputs", max_inputs), ("max_chars", max_chars)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -534,3 +534,16 @@ def test_the_bench_script_starts() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| POST")]
     assert len(rows) == 6  # three routes, stand-in and real model
+
+
+@pytest.mark.parametrize("model", ["", "a?b", "a#b"])
+def test_both_openai_adapters_refuse_a_model_id_that_is_not_one_path_segment(model: str) -> None:
+    from asgi_host.openai_chat import OpenAIChat
+
+    async def embed(texts: list[str], request: Request) -> tuple[list[list[float]], list[int]]:
+        return [], []
+
+    with pytest.raises(ValueError, match="must be a non-empty path segment"):
+        OpenAIEmbeddings(embed, model=model, dimensions=4)
+    with pytest.raises(ValueError, match="must be a non-empty path segment"):
+        OpenAIChat(None, encode=list, chat_prompt=str, model=model)  # type: ignore[arg-type]
