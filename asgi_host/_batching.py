@@ -24,7 +24,7 @@ import anyio
 
 from ._clock import deadline
 from ._config import Batching
-from ._errors import ClientDisconnect, HTTPError, OutOfMemory
+from ._errors import HTTPError, OutOfMemory
 from ._http import Request
 from ._inflight import InFlight
 from ._request_ids import current_context, request_ids
@@ -207,26 +207,17 @@ class Batcher(Resource, Generic[T, R]):
         self._queue.append(entry)
         self._queued_rows += len(rows)
         self._wakeup.set()
-        disconnected = False
         try:
             with anyio.move_on_at(deadline(settings.timeout_s)):
-                async with anyio.create_task_group() as tg:
-                    if request is not None:
-
-                        async def watch() -> None:
-                            nonlocal disconnected
-                            await request.wait_disconnect()
-                            disconnected = True
-                            tg.cancel_scope.cancel()
-
-                        tg.start_soon(watch)
+                if request is None:
                     await done.wait()
-                    tg.cancel_scope.cancel()
+                else:
+                    await request.unless_client_leaves(
+                        done.wait, "the client disconnected while its request was queued"
+                    )
         finally:
             if not entry.done.is_set():
                 self._cancel(entry)
-        if disconnected and not entry.done.is_set():
-            raise ClientDisconnect("the client disconnected while its request was queued")
         if not entry.done.is_set():
             raise HTTPError(504, f"no answer within timeout_s={settings.timeout_s}; the model is overloaded")
         return self._answer(entry, len(rows))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import msgspec
 
 from ._errors import ClientDisconnect, HTTPError
 from ._types import Message, Receive, Scope, Send, State, send_message
+
+T = TypeVar("T")
 
 __all__ = [
     "Error",
@@ -310,11 +312,33 @@ class Request:
         if chunk:
             chunks.append(chunk)
 
-    async def wait_disconnect(self) -> None:
-        """Return once the client has left (`http.disconnect`): for a watcher while the answer is
-        worked out, after the body was read (body messages received meanwhile are dropped)."""
-        while (await self.receive()).get("type") != "http.disconnect":
-            pass
+    async def unless_client_leaves(self, run: Callable[[], Awaitable[T]], why: str) -> T:
+        """`run()`, cancelled if the client leaves first (`http.disconnect`; body messages meanwhile are
+        dropped): then `ClientDisconnect(why)`. For work after the body was read (a queued pass)."""
+        left = False
+        failure: Exception | None = None
+        result: Any = None
+
+        async def watch() -> None:
+            nonlocal left
+            while (await self.receive()).get("type") != "http.disconnect":
+                pass
+            left = True
+            tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            try:
+                result = await run()
+            except Exception as exc:  # raised below, outside the task group (which would wrap it)
+                failure = exc
+            tg.cancel_scope.cancel()
+        if left:
+            raise ClientDisconnect(why)
+        if failure is not None:
+            raise failure
+        answer: T = result
+        return answer
 
     def _declares_body(self) -> bool:
         length = self.headers.get("content-length")

@@ -15,14 +15,12 @@ kernels, which every request of a batch waits for, does only the pass.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-import anyio
-
 from ._batching import Batcher, Batching
-from ._errors import ClientDisconnect, HTTPError, OutOfMemory
+from ._errors import HTTPError, OutOfMemory
 from ._http import Request
 from ._resources import Resource
 from ._tracing import PassTimes, record_pass, timed_forward, traced
@@ -113,7 +111,10 @@ class Rows(Generic[T, R]):
             times = PassTimes(rows) if traced() else None
             forward = fn if times is None else times.timed(fn)
             run = partial(handle.run, forward, *args, handle.device, handle.dtype)
-            outputs = await (_unless_client_leaves(request, run) if handle.busy else run())
+            if handle.busy:
+                outputs = await request.unless_client_leaves(run, _LEFT_WHILE_QUEUED)
+            else:
+                outputs = await run()
         except OutOfMemory as exc:
             raise exc.for_rows(rows) from None
         if times is not None:
@@ -126,6 +127,9 @@ class Rows(Generic[T, R]):
         return _as_list(await handle.run(forward, rows, handle.device, handle.dtype))
 
 
+_LEFT_WHILE_QUEUED = "the client left while its pass waited for the model"
+
+
 def _as_list(outputs: Any) -> list[Any]:
     """A pass's outputs as a list, one per row (a tensor is split into its rows here, on the loop)."""
     return outputs if type(outputs) is list else list(outputs)
@@ -136,31 +140,3 @@ def _one_each(results: Sequence[Any], rows: Sequence[Any], hook: str) -> list[An
     if len(results) != len(rows):
         raise RuntimeError(f"Rows' {hook} returned {len(results)} results for {len(rows)} rows")
     return results if type(results) is list else list(results)
-
-
-async def _unless_client_leaves(request: Request, run: Callable[[], Awaitable[R]]) -> R:
-    """`run()`, cancelled when the client leaves first: a pass still queued for the model's thread is
-    then withdrawn (one already running is waited for), and `ClientDisconnect` raised."""
-    left = False
-    failure: Exception | None = None
-    result: Any = None
-
-    async def watch() -> None:
-        nonlocal left
-        await request.wait_disconnect()
-        left = True
-        tg.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
-        try:
-            result = await run()
-        except Exception as exc:  # raised outside the task group, which would wrap it
-            failure = exc
-        tg.cancel_scope.cancel()
-    if left:
-        raise ClientDisconnect("the client left while its pass waited for the model")
-    if failure is not None:
-        raise failure
-    outputs: R = result
-    return outputs

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import anyio
 import msgspec
 
-from ._errors import ClientDisconnect, OpenAIError
+from ._errors import OpenAIError
 from ._http import Request, Response
 from ._openai import (
     POST_FAILURES,
@@ -210,28 +209,9 @@ class _Answer:
         self.usage = body.stream_options is not None and body.stream_options.include_usage
 
 
-async def _until_disconnect(request: Request, work: Any) -> Delta:
+async def _until_disconnect(request: Request, work: Awaitable[Delta]) -> Delta:
     """A whole (not streamed) answer; the client leaving cancels it, as it cancels a stream."""
-    result: list[Delta] = []
-    failure: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-
-        async def answer() -> None:
-            try:
-                result.append(await work)
-            except Exception as exc:  # raised below, outside the task group (not in a group)
-                failure.append(exc)
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(answer)
-        while (await request.receive()).get("type") != "http.disconnect":
-            pass
-        tg.cancel_scope.cancel()
-    if failure:
-        raise failure[0]
-    if not result:
-        raise ClientDisconnect("the client left before its answer")
-    return result[0]
+    return await request.unless_client_leaves(lambda: work, "the client left before its answer")
 
 
 def _finish(delta: Delta) -> str | None:
