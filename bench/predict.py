@@ -88,7 +88,16 @@ async def in_process(
 
     message = {"type": "http.request", "body": body, "more_body": False}
 
+    on_trio = sniffio.current_async_library() == "trio"
+    if on_trio:
+        import trio
+
     async def one() -> None:
+        if on_trio:  # as hypercorn on trio hands the body over: a memory channel's receive()
+            to_app, from_server = trio.open_memory_channel[dict[str, Any]](1)
+            to_app.send_nowait(message)
+            await app({**scope_base, "state": dict(state)}, from_server.receive, send)
+            return
         sent = False
 
         async def receive() -> dict[str, Any]:
@@ -99,17 +108,6 @@ async def in_process(
             return {"type": "http.disconnect"}
 
         await app({**scope_base, "state": dict(state)}, receive, send)
-
-    async def one_from_a_channel() -> None:
-        # As hypercorn on trio hands the body over: a memory channel's receive().
-        to_app, from_server = trio.open_memory_channel[dict[str, Any]](1)
-        to_app.send_nowait(message)
-        await app({**scope_base, "state": dict(state)}, from_server.receive, send)
-
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        one = one_from_a_channel  # the server's way on this loop
 
     for _ in range(warmup):
         await one()
