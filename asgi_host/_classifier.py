@@ -111,9 +111,11 @@ class Classifier:
         inputs: list[list[float]] = body.inputs
         if len(inputs) > self.max_rows:
             raise HTTPError(413, f"{len(inputs)} rows is more than max_rows={self.max_rows}; split the batch")
-        _check_finite(inputs)
+        if not _all_finite(inputs):
+            _refuse_non_finite(inputs)
         outputs = await self.rows.run(inputs, request)
-        _check_finite_outputs(outputs)
+        if not _all_finite(outputs):
+            _refuse_non_finite_outputs(outputs)
         labels = self.labels
         best = [labels[max(range(len(row)), key=row.__getitem__)] for row in outputs]
         return ClassifierOutput(outputs=outputs, labels=best)
@@ -148,11 +150,9 @@ class Classifier:
         yield
 
 
-def _check_finite_outputs(outputs: list[list[float]]) -> None:
+def _refuse_non_finite_outputs(outputs: list[list[float]]) -> None:
     """A row whose probabilities are not finite (inputs the model cannot compute, like 1e38) is
-    refused with 422 naming it, never answered with NaN."""
-    if _all_finite(outputs):
-        return
+    refused with 422 naming it, never answered with NaN (an overflowing sum of finite ones passes)."""
     for i, values in enumerate(outputs):
         if not all(math.isfinite(value) for value in values):
             raise HTTPError(
@@ -169,9 +169,8 @@ def _all_finite(rows: list[list[float]]) -> bool:
     return math.isfinite(sum(map(sum, rows)))
 
 
-def _check_finite(rows: list[list[float]]) -> None:
-    if _all_finite(rows):
-        return
+def _refuse_non_finite(rows: list[list[float]]) -> None:
+    """422 naming the first number that is not finite (none: the sum overflowed, the rows pass)."""
     for i, values in enumerate(rows):
         for j, value in enumerate(values):
             if value != value or value in (float("inf"), float("-inf")):

@@ -87,7 +87,9 @@ class ModelHandle:
                 return await self.successor.run(fn, *args)
             raise HTTPError(503, "the model is shutting down", headers=[("retry-after", "1")])
         record_version(self.version)
-        module = self.module
+        module = self._module
+        if module is None:
+            module = self.module  # raises: released
         if self._threads is None:
             # No await: nothing else runs on the loop meanwhile, so nothing to count.
             return self._call(fn, module, args)

@@ -359,8 +359,7 @@ class Host:
         begin_request()  # x-model-version: the versions this request's passes ran on, and no other's
         begin_request_id(scope)
         match = self.router.resolve(route_path(scope), scope["method"])
-        if match.label in self._probe_paths:
-            # Probes answer in every phase, uncounted and unmeasured.
+        if match.label in self._probe_paths:  # probes answer in every phase, uncounted and unmeasured
             await self._respond(scope, receive, send, match)
             return
         with self._in_flight:
@@ -423,7 +422,8 @@ class Host:
             )
         stamp_version(response)
         stamp_request_id(response, scope)
-        await settle_body(response, request or Request(scope, receive, {}, max_body_bytes=None))
+        if response.status >= 400:  # an error before the body was read: read the rest, or close
+            await settle_body(response, request or Request(scope, receive, {}, max_body_bytes=None))
         try:
             await response.send(send, head=method == "HEAD", receive=receive)
         except OSError:

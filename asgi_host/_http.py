@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
+from types import CoroutineType
 from typing import Any, Protocol, TypeVar
 
 import anyio
 import msgspec
 
 from ._errors import ClientDisconnect, HTTPError
-from ._types import Message, Receive, Scope, Send, State, send_message
+from ._types import Message, Receive, Scope, Send, State
 
 T = TypeVar("T")
 
@@ -24,14 +25,6 @@ __all__ = [
     "media_type",
     "settle_body",
 ]
-
-current_async_library: Callable[[], str]
-try:
-    from sniffio import current_async_library
-except ImportError:  # sniffio comes with trio: without it, anyio runs on asyncio
-
-    def current_async_library() -> str:
-        return "asyncio"
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True):
@@ -95,10 +88,8 @@ class Response:
 
     async def send(self, send: Send, *, head: bool = False, receive: Receive | None = None) -> None:
         """Send it (`receive` is for streams, which watch for the client leaving; unused here)."""
-        await send_message(
-            send, {"type": "http.response.start", "status": self.status, "headers": self.headers}
-        )
-        await send_message(send, {"type": "http.response.body", "body": b"" if head else self.body})
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b"" if head else self.body})
 
 
 class ErrorFormat(Protocol):
@@ -207,7 +198,7 @@ class Request:
         chunks: list[bytes] = []
         if self.body_timeout_s is None:
             await self._read(chunks, limit)  # no timer: a timer costs 10-20 us a request
-        elif current_async_library() == "asyncio":
+        elif asyncio._get_running_loop() is not None:  # asyncio (a C call, where sniffio's look-up is not)
             await self._read_eagerly(chunks, limit, self.body_timeout_s, declared)
         else:
             await self._read_eagerly_trio(chunks, limit, self.body_timeout_s, declared)
@@ -272,7 +263,8 @@ class Request:
         """The first `receive()`, stepped once by hand: (None, None) when it returned without
         suspending (its message taken), else what is left to await and what its step yielded."""
         receiving = self.receive()
-        if not isinstance(receiving, Coroutine):
+        # The type first: the ABC's check alone costs more than a request's other checks.
+        if type(receiving) is not CoroutineType and not isinstance(receiving, Coroutine):
             return receiving, None
         try:
             yielded = receiving.send(None)
@@ -298,16 +290,16 @@ class Request:
     def _take(self, message: Message, chunks: list[bytes], limit: int | None) -> None:
         """One received message: a body chunk kept, the end noted, a disconnect or excess raised."""
         kind = message.get("type")
-        if kind == "http.disconnect":
-            self._ended = True
-            raise ClientDisconnect("the client disconnected while sending the body")
         if kind != "http.request":
+            if kind == "http.disconnect":
+                self._ended = True
+                raise ClientDisconnect("the client disconnected while sending the body")
             raise HTTPError(400, f"unexpected ASGI message {kind!r} while reading the body")
         chunk = message.get("body", b"")
-        self._received += len(chunk)
+        received = self._received = self._received + len(chunk)
         if not message.get("more_body", False):
             self._ended = True
-        if limit is not None and self._received > limit:
+        if limit is not None and received > limit:
             raise _too_large(limit)
         if chunk:
             chunks.append(chunk)

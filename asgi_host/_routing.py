@@ -195,6 +195,8 @@ class Router:
         # Exact routes: path -> method -> route ("*": a route for every method). One dict
         # lookup each per request.
         self.paths: dict[str, dict[str, Route]] = {}
+        # What an exact route's path and method resolve to, made once: (path, method) -> Match.
+        self._matches: dict[tuple[str, str], Match] = {}
         self.prefixed: list[Route | Mount] = []  # longest prefix first
         for item in routes:
             self.add(item)
@@ -230,10 +232,14 @@ class Router:
             raise ValueError(f"two routes for {clash} {item.path}")
         for method in methods:
             table[method] = item
+        self._matches.clear()
 
     def resolve(self, path: str, method: str) -> Match:
         """The one lookup per request: exact route, else prefix route or mount, else 404; 405 for a
         method the path does not take."""
+        known = self._matches.get((path, method))
+        if known is not None:
+            return known
         table = self.paths.get(path)
         if table is None and len(path) > 1 and path.endswith("/") and path[:-1] in self.paths:
             # One trailing slash names the same route: Litestar, for one, hands a mounted app
@@ -243,7 +249,10 @@ class Router:
         if table is not None:
             route = table.get(method) or table.get("*") or (table.get("GET") if method == "HEAD" else None)
             if route is not None:
-                return Match(path, path, route, error_format=route.error_format)
+                match = Match(path, path, route, error_format=route.error_format)
+                if len(self._matches) < _KNOWN_MATCHES:  # bounded: clients choose the method
+                    self._matches[path, method] = match
+                return match
             routes = list(table.values())
             error = _not_allowed(path, method, routes)
             return Match(path, path, error=error, error_format=routes[0].error_format)
@@ -272,6 +281,10 @@ class Router:
         if "GET" in methods:
             methods.add("HEAD")
         return sorted(methods)
+
+
+# How many (path, method) pairs of exact routes keep their Match.
+_KNOWN_MATCHES = 1024
 
 
 def _prefix(item: Route | Mount) -> str:

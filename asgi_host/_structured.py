@@ -22,6 +22,7 @@ __all__ = ["StructEndpoint"]
 T = TypeVar("T")
 
 JSON = "application/json"
+_PLAIN_JSON = (JSON, None)  # a content type that needs no parsing to mean JSON
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 
 _json_encoder = msgspec.json.Encoder()
@@ -86,15 +87,22 @@ class StructEndpoint(Generic[T]):
         self._msgpack_decoder = msgspec.msgpack.Decoder(request_type)
 
     async def __call__(self, request: Request) -> Response | EventStream:
-        decode = self._decoder_for(request.headers.get("content-type"))
-        accept = request.headers.get("accept")
+        headers = request.headers
+        content_type = headers.get("content-type")
+        decode = self._json_decoder.decode if content_type in _PLAIN_JSON else self._decoder_for(content_type)
+        accept = headers.get("accept")
         if self.max_body_bytes is not None:
             request.max_body_bytes = self.max_body_bytes
         body = await request.body()
-        value = decode_body(decode, body)
+        try:
+            value = decode(body)
+        except (msgspec.DecodeError, RecursionError):
+            value = decode_body(decode, body)  # raises the error's HTTPError
         result = await self.handler(value, request)
         if hasattr(result, "__aiter__"):  # a stream of Structs: SSE, or NDJSON by `Accept`
             return as_stream(result, accept)
+        if not accept:
+            return Response.raw(_json_encoder.encode(result), _HEADERS[JSON])
         return encode(result, response_media_type(accept))
 
     def _decoder_for(self, content_type: str | None) -> Callable[[bytes], T]:
@@ -162,9 +170,22 @@ def response_media_type(accept: str | None) -> str:
 
     Highest `q` wins; at equal `q` a specific type beats a wildcard (RFC 9110),
     then the one listed first. Nothing acceptable still gets JSON (no 406).
+    A client sends the same few `Accept` values: the answers for up to 256 are kept.
     """
     if not accept:
         return JSON
+    known = _ACCEPTED.get(accept)
+    if known is None:
+        known = _negotiate(accept)
+        if len(_ACCEPTED) < 256:
+            _ACCEPTED[accept] = known
+    return known
+
+
+_ACCEPTED: dict[str, str] = {}
+
+
+def _negotiate(accept: str) -> str:
     best, best_rank = JSON, (0.0, -1, 0)
     for index, item in enumerate(accept.split(",")):
         media_type, _, params = item.partition(";")

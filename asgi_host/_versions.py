@@ -89,5 +89,8 @@ def stamp_version(response: _Answer) -> None:
     """Add `x-model-version` to `response` when a model pass ran for this request."""
     used = _used_versions.get()
     if used:
-        response.headers.append((VERSION_HEADER.encode(), ", ".join(used).encode("latin-1")))
+        response.headers.append((_VERSION_HEADER, ", ".join(used).encode("latin-1")))
     _used_versions.set(None)
+
+
+_VERSION_HEADER = VERSION_HEADER.encode()

@@ -303,9 +303,44 @@ async def test_a_body_that_stalls_is_408_and_frees_the_request() -> None:
 
 
 def test_finite_checks_tell_an_overflowing_sum_from_a_non_finite_value() -> None:
-    from asgi_host._classifier import _check_finite
+    from asgi_host._classifier import _all_finite, _refuse_non_finite
 
-    _check_finite([[1e308, 1e308, 0.0, 0.0]])  # the fast sum overflows; every value is finite
+    overflowing = [[1e308, 1e308, 0.0, 0.0]]
+    assert not _all_finite(overflowing)  # the fast sum overflows, so each value is checked
+    _refuse_non_finite(overflowing)  # every value is finite: no refusal
     with pytest.raises(HTTPError) as refused:
-        _check_finite([[1e308, 1e308, 0.0, 0.0], [1.0, float("inf"), 0.0, 0.0]])
+        _refuse_non_finite([[1e308, 1e308, 0.0, 0.0], [1.0, float("inf"), 0.0, 0.0]])
     assert refused.value.path == "$.inputs[1][1]"
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("application/msgpack", "application/msgpack"),
+        ("application/json, application/msgpack", "application/json"),  # equal q: the first listed
+        ("application/json;q=0.5, application/x-msgpack", "application/x-msgpack"),  # higher q wins
+        ("*/*, application/msgpack", "application/msgpack"),  # equal q: specific beats a wildcard
+        ("application/msgpack;q=0, */*", "application/json"),  # q=0: not acceptable
+        ("text/html", "application/json"),  # nothing acceptable: JSON still, no 406
+    ],
+)
+def test_the_answers_media_type_follows_accept_and_is_remembered(accept: str | None, expected: str) -> None:
+    from asgi_host import _structured
+
+    _structured._ACCEPTED.clear()
+    assert _structured.response_media_type(accept) == expected
+    assert _structured.response_media_type(accept) == expected  # the kept answer is the same
+    assert len(_structured._ACCEPTED) == (1 if accept else 0)
+
+
+def test_remembered_accept_values_are_bounded() -> None:
+    from asgi_host import _structured
+
+    for i in range(1000):  # clients choose the header: what is kept must not grow with them
+        assert _structured.response_media_type(f"application/msgpack;q=0.{i % 10}, x/{i}") in (
+            "application/json",
+            "application/msgpack",
+        )
+    assert len(_structured._ACCEPTED) <= 256

@@ -298,6 +298,27 @@ def test_the_router_resolves_a_request_once() -> None:
     assert (missing.label, missing.mount, missing.error and missing.error.status) == ("unmatched", None, 404)
 
 
+def test_an_exact_routes_match_is_made_once_and_forgotten_when_routes_change() -> None:
+    from asgi_host._routing import _KNOWN_MATCHES, Router
+
+    async def other(request: Request) -> Response:
+        return Response(b"other")
+
+    router = Router([Route("/a", hello, methods=["GET"]), Route("/any", hello, methods=None)])
+    first = router.resolve("/a", "GET")
+    assert router.resolve("/a", "GET") is first  # kept: no Match built per request
+    assert router.resolve("/a", "POST").error is not None  # a 405 is not kept in its place
+    assert router.resolve("/a", "GET") is first
+    router.add(Route("/a", other, methods=["POST"]))
+    assert router.resolve("/a", "POST").endpoint is other  # a route added later is found
+    again = router.resolve("/a", "GET")  # made again, the same
+    assert again == first
+    assert again is not first
+    for i in range(2 * _KNOWN_MATCHES):  # a route for every method: clients choose the method
+        assert router.resolve("/any", f"M{i}").endpoint is hello
+    assert len(router._matches) <= _KNOWN_MATCHES
+
+
 def test_prefix_routes_answer_their_path_and_everything_under_it_after_exact_routes() -> None:
     from asgi_host._routing import Router
 
