@@ -193,40 +193,38 @@ class Request:
             return self._body
         limit = self.max_body_bytes
         declared = self.headers.get("content-length")
-        if limit is not None and declared is not None and _is_number(declared) and int(declared) > limit:
+        if (
+            limit is not None
+            and declared is not None
+            and declared.isdigit()
+            and declared.isascii()  # `isdigit()` alone takes "²", which `int()` refuses
+            and int(declared) > limit
+        ):
             raise _too_large(limit)
         chunks: list[bytes] = []
-        if self.body_timeout_s is None:
+        timeout_s = self.body_timeout_s
+        if timeout_s is None:
             await self._read(chunks, limit)  # no timer: a timer costs 10-20 us a request
-        elif asyncio._get_running_loop() is not None:  # asyncio (a C call, where sniffio's look-up is not)
-            await self._read_eagerly(chunks, limit, self.body_timeout_s, declared)
+        elif asyncio._get_running_loop() is None:  # trio (a C call, where sniffio's look-up is not)
+            await self._read_eagerly_trio(chunks, limit, timeout_s, declared)
         else:
-            await self._read_eagerly_trio(chunks, limit, self.body_timeout_s, declared)
+            # On asyncio, a body that has already arrived is read with no timer at all. A timer
+            # costs as much as the rest of the host's work on a request, and most small bodies
+            # arrive with the headers: the server's `receive()` returns without suspending. So
+            # the first `receive()` is stepped once by hand, here; only if it suspends does the
+            # rest run under `asyncio.timeout`, which, unlike a cancel scope, does not mind
+            # scopes that `receive()` may have opened in its first step.
+            receiving, _ = self._first_step(chunks, limit)
+            if not self._ended:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        if receiving is not None:
+                            self._take(await receiving, chunks, limit)
+                        await self._read(chunks, limit)
+                except TimeoutError:
+                    raise self._too_slow(chunks, declared) from None
         self._body = b"".join(chunks)
         return self._body
-
-    async def _read_eagerly(
-        self, chunks: list[bytes], limit: int | None, timeout_s: float, declared: str | None
-    ) -> None:
-        """On asyncio: a body that has already arrived is read with no timer at all.
-
-        A timer costs as much as the rest of the host's work on a request, and
-        most small bodies arrive with the headers: the server's `receive()`
-        returns without suspending. So the first `receive()` is stepped once by
-        hand; only if it suspends does the rest run under `asyncio.timeout`,
-        which, unlike a cancel scope, does not mind scopes that `receive()` may
-        have opened in its first step.
-        """
-        receiving, _ = self._first_step(chunks, limit)
-        if self._ended:
-            return
-        try:
-            async with asyncio.timeout(timeout_s):
-                if receiving is not None:
-                    self._take(await receiving, chunks, limit)
-                await self._read(chunks, limit)
-        except TimeoutError:
-            raise self._too_slow(chunks, declared) from None
 
     async def _read_eagerly_trio(
         self, chunks: list[bytes], limit: int | None, timeout_s: float, declared: str | None

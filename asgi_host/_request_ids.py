@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Protocol
 
@@ -52,14 +52,33 @@ RequestContext = tuple[bytes, str | None]
 _current: ContextVar[RequestContext | None] = ContextVar("asgi_host_request", default=None)
 
 _prefix = b""
-_counter = itertools.count(1)
+_blocks = itertools.count(0)  # ids are made a block at a time: the block's number
+_ids: Iterator[bytes] = iter(())
+_BLOCK = 1024
 
 
 def _new_process() -> None:
     """A fresh prefix and counter: at import, and in a child after `fork` (workers)."""
-    global _prefix, _counter
+    global _prefix, _blocks, _ids
     _prefix = secrets.token_hex(8).encode() + b"-"
-    _counter = itertools.count(1)
+    _blocks = itertools.count(0)
+    _ids = iter(())
+
+
+def _new_id() -> bytes:
+    """The next id of this process: its prefix and the counter in hex (1, 2, ...).
+
+    Formatted a block of 1,024 at a time: formatting one per request cost more, between a
+    request's model passes, than the rest of its id and trace context together.
+    """
+    global _ids
+    made = next(_ids, None)
+    if made is None:
+        # Each block has its own number, so threads that refill at once never make the same ids.
+        start = next(_blocks) * _BLOCK + 1
+        _ids = iter([b"%s%x" % (_prefix, n) for n in range(start, start + _BLOCK)])
+        made = next(_ids)
+    return made
 
 
 _new_process()
@@ -86,7 +105,7 @@ def begin_request_id(scope: Scope) -> None:
             elif name == b"traceparent":
                 parent = value
         context = (
-            bytes(given) if given is not None and _sane(given) else b"%s%x" % (_prefix, next(_counter)),
+            bytes(given) if given is not None and _sane(given) else _new_id(),
             None if parent is None else parse_traceparent(parent),
         )
         scope[SCOPE_KEY] = context

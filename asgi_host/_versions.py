@@ -90,7 +90,6 @@ def stamp_version(response: _Answer) -> None:
     used = _used_versions.get()
     if used:
         response.headers.append((_VERSION_HEADER, ", ".join(used).encode("latin-1")))
-    _used_versions.set(None)
 
 
 _VERSION_HEADER = VERSION_HEADER.encode()

@@ -124,6 +124,33 @@ async def test_every_response_carries_a_request_id() -> None:
     assert [event.json() for event in answers["stream"].events()] == [{"i": 0}, {"i": 1}, {"i": 2}]
 
 
+def test_made_ids_count_on_across_blocks_and_threads_and_start_afresh_in_a_forked_worker() -> None:
+    import threading
+
+    from asgi_host import _request_ids
+
+    _request_ids._new_process()
+    prefix = _request_ids._prefix
+    first = [_request_ids._new_id() for _ in range(3 * _request_ids._BLOCK)]
+    assert first[:3] == [prefix + b"1", prefix + b"2", prefix + b"3"]
+    assert [int(made.removeprefix(prefix), 16) for made in first] == list(
+        range(1, 3 * _request_ids._BLOCK + 1)
+    )
+    made: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: made.extend(_request_ids._new_id() for _ in range(5000)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(made + first)) == len(made) + len(first) == 23072  # never the same id twice
+    _request_ids._new_process()  # what a forked worker runs first (os.register_at_fork)
+    assert _request_ids._prefix != prefix
+    assert _request_ids._new_id() == _request_ids._prefix + b"1"
+
+
 async def test_a_sane_request_id_is_echoed_and_any_other_replaced() -> None:
     host = app()
     sane = ["abc", "0" * 128, "req-1:2/3+4=5_~!", "f47ac10b-58cc-4372-a567-0e02b2c3d479"]
