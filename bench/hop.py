@@ -9,11 +9,20 @@ then the Iris forward pass (one row) on the loop itself and on that thread,
 alternating, in one process: the figures are comparable only within a run. The
 last two show what a hand-off costs when the thread does torch work rather than
 nothing.
+
+Then the same hand-off with no asgi_host at all (`raw`): a thread fed by a `queue.SimpleQueue`
+that wakes the loop with `call_soon_threadsafe`, given a no-op, ~30 us of pure Python, and the
+Iris pass, each job also timed where it runs, on the thread. What a job costs beyond the no-op
+round trip and its own time inline is the thread's, not the host's.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import queue
+import statistics
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -80,6 +89,71 @@ async def measure(n: int, backend: str) -> None:
                 print(f"| {backend} | {name} | {(time.perf_counter() - started) / n * 1e6:.1f} |", flush=True)
 
 
+def python_work() -> int:
+    """~30 us of pure Python: a loop's worth of bytecode, no torch."""
+    end = time.perf_counter() + 30e-6
+    spins = 0
+    while time.perf_counter() < end:
+        spins += 1
+    return spins
+
+
+async def measure_raw(n: int) -> None:
+    """The hand-off with no asgi_host: one thread, a queue, `call_soon_threadsafe` back."""
+    loop = asyncio.get_running_loop()
+    jobs: queue.SimpleQueue[tuple[Callable[[], object], asyncio.Future[None]] | None] = queue.SimpleQueue()
+    on_thread: dict[str, list[float]] = {}
+
+    def serve() -> None:
+        while (job := jobs.get()) is not None:
+            fn, done = job
+            started = time.perf_counter()
+            fn()
+            on_thread.setdefault(fn.__name__, []).append(time.perf_counter() - started)
+            loop.call_soon_threadsafe(done.set_result, None)
+
+    thread = threading.Thread(target=serve, name="raw-hop")
+    thread.start()
+
+    async def handed(fn: Callable[[], object]) -> None:
+        done = loop.create_future()
+        jobs.put((fn, done))
+        await done
+
+    forward = iris_pass()
+    forward.__name__ = "iris_pass"
+    inline: dict[str, list[float]] = {}
+    round_trip: dict[str, list[float]] = {}
+    try:
+        for _ in range(3):
+            for fn in (noop, python_work, forward):
+                name = fn.__name__
+                on_thread.pop(name, None)
+                for _ in range(100):
+                    await handed(fn)
+                started = time.perf_counter()
+                for _ in range(n):
+                    await handed(fn)
+                round_trip.setdefault(name, []).append((time.perf_counter() - started) / n)
+                started = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                inline.setdefault(name, []).append((time.perf_counter() - started) / n)
+    finally:
+        jobs.put(None)
+        thread.join()
+    hop = statistics.median(round_trip["noop"])
+    print(
+        "\n| raw hand-off (no asgi_host), asyncio | round trip us | job on the loop us | "
+        "job timed on the thread us | round trip - no-op - job on the loop |\n|---|---|---|---|---|"
+    )
+    for name in ("noop", "python_work", "iris_pass"):
+        trip, there = statistics.median(round_trip[name]), statistics.median(inline[name])
+        timed = statistics.median(on_thread[name])
+        extra = "" if name == "noop" else f"{(trip - hop - there) * 1e6:+.1f}"
+        print(f"| {name} | {trip * 1e6:.1f} | {there * 1e6:.1f} | {timed * 1e6:.1f} | {extra} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000)
@@ -87,6 +161,7 @@ def main() -> None:
     print("| loop | hand-off | us per round trip |\n|---|---|---|")
     for backend in ("asyncio", "trio"):
         anyio.run(measure, args.n, backend, backend=backend)
+    asyncio.run(measure_raw(args.n))
 
 
 if __name__ == "__main__":

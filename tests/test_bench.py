@@ -123,6 +123,11 @@ def test_hop_with_and_without_torch_work() -> None:
     out = bench("hop", "-n", "50")
     assert "| asyncio | model thread, Iris pass |" in out
     assert "| trio | Iris pass on the loop (no hand-off) |" in out
+    rows = [
+        line.split("|") for line in out.splitlines() if line.startswith(("| python_work |", "| iris_pass |"))
+    ]
+    assert len(rows) == 2  # the raw hand-off, both jobs, each with its extra over a no-op
+    assert all(float(row[2]) > float(row[3]) for row in rows)  # a round trip takes longer than its job
 
 
 def test_generate_aborts_and_a_slow_reader() -> None:
