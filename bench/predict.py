@@ -136,6 +136,7 @@ def in_process_apps() -> dict[str, tuple[Any, bytes, bytes, int]]:
 
     return {
         "work floor": (peers.floor_app, one, json, 10),
+        "work floor + the host's checks, one function": (peers.checked_floor_app, one, json, 10),
         "asgi_host default (auto, metrics on)": (iris(), one, json, 10),
         "asgi_host auto, metrics off": (iris(metrics=False), one, json, 10),
         "asgi_host thread, metrics off": (
