@@ -10,13 +10,20 @@ the work floor (`bench.peers:floor_app`: the least an app can do for the same
 answer), asgi_host as shipped (`examples.app:app`: execution="auto", metrics
 on) and with `IRIS_EXECUTION=thread`, FastAPI written the way its docs teach
 (`bench.peers:fastapi_app`) and a bare ASGI app answering a constant
-(`bench.peers:bare_app`). Ratios are computed within one server in one run.
+(`bench.peers:bare_app`); with `--checked`, also the floor plus the host's checks in one function
+(`bench.peers:checked_floor_app`).
+
+Under each server every app is started at once (each on its own port) and the apps take turns, in
+`--rounds` rounds, their order rotating: on a shared machine whole windows of seconds move by tens
+of percent, so an app's ratio to the floor is the median over the rounds of its ratio to the floor
+measured in the same round (req/s and latencies: medians over the rounds).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +42,9 @@ APPS: dict[str, tuple[str, dict[str, str]]] = {
     "asgi_host thread": ("examples.app:app", {"IRIS_EXECUTION": "thread", "IRIS_METRICS": "true"}),
     "FastAPI": ("bench.peers:fastapi_app", {}),
     "bare": ("bench.peers:bare_app", {}),
+}
+CHECKED: dict[str, tuple[str, dict[str, str]]] = {
+    "work floor + the host's checks": ("bench.peers:checked_floor_app", {})
 }
 
 
@@ -112,28 +122,38 @@ def main() -> None:
     parser.add_argument(
         "--litserve", action="store_true", help="also LitServe on its own server (pip install litserve)"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="turns each app takes per server and clients")
+    parser.add_argument("--checked", action="store_true", help="also the floor with the host's checks")
     args = parser.parse_args()
+    apps = {**APPS, **(CHECKED if args.checked else {})}
     print("| server | clients | app | req/s | p50 ms | p99 ms | / work floor | / FastAPI |")
     print("|---|---|---|---|---|---|---|---|")
     for server in args.servers:
-        results: dict[tuple[str, int], dict[str, float]] = {}
-        for name, (app, env) in APPS.items():
-            process = serve(server, app, args.port, env)
-            try:
-                wrk(args.port, 8, 2, SCRIPT, "/predict")  # warm up
+        processes: dict[str, tuple[ServerProcess, int]] = {}
+        results: dict[tuple[str, int], list[dict[str, float]]] = {}
+        try:
+            for i, (name, (app, env)) in enumerate(apps.items()):
+                processes[name] = serve(server, app, args.port + i, env), args.port + i
+                wrk(args.port + i, 8, 2, SCRIPT, "/predict")  # warm up
+            for turn in range(args.rounds):
                 for c in args.connections:
-                    results[name, c] = wrk(args.port, c, args.seconds, SCRIPT, "/predict")
-            finally:
+                    names = list(apps)
+                    for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                        result = wrk(processes[name][1], c, args.seconds, SCRIPT, "/predict")
+                        results.setdefault((name, c), []).append(result)
+        finally:
+            for process, _ in processes.values():
                 process.stop()
         for c in args.connections:
-            floor = results["work floor", c]["rps"]
-            fastapi = results["FastAPI", c]["rps"]
-            for name in APPS:
-                r = results[name, c]
-                extra = f"{r['rps'] / fastapi:.2f}x" if name.startswith("asgi_host") else ""
+            floor, fastapi = results["work floor", c], results["FastAPI", c]
+            for name in apps:
+                runs = results[name, c]
+                extra = f"{_ratio(runs, fastapi):.2f}x" if name.startswith("asgi_host") else ""
+                rps, p50, p99 = (_median(runs, key) for key in ("rps", "p50_ms", "p99_ms"))
                 print(
-                    f"| {server} | {c} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                    f"{r['rps'] / floor:.2f}x | {extra} |"
+                    f"| {server} | {c} | {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | "
+                    f"{_ratio(runs, floor):.2f}x | {extra} |",
+                    flush=True,
                 )
     if args.litserve:
         process = serve("litserve", "", args.port)
@@ -148,6 +168,15 @@ def main() -> None:
         finally:
             # LitServe forks workers that leave the process group: stop() ends them too, by PID.
             process.stop()
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def _ratio(runs: list[dict[str, float]], reference: list[dict[str, float]]) -> float:
+    """The median over the rounds of req/s against the reference's in the same round."""
+    return statistics.median(run["rps"] / other["rps"] for run, other in zip(runs, reference, strict=True))
 
 
 if __name__ == "__main__":

@@ -81,9 +81,10 @@ def test_gpu_script_cpu_path() -> None:
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
 def test_http_comparison_one_server() -> None:
-    out = bench("http", "-c", "2", "-d", "1", "--servers", "uvicorn")
+    out = bench("http", "-c", "2", "-d", "1", "--servers", "uvicorn", "--rounds", "2", "--checked")
     assert "| uvicorn | 2 | asgi_host |" in out
     assert "| uvicorn | 2 | FastAPI |" in out
+    assert "| uvicorn | 2 | work floor + the host's checks |" in out
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
