@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import msgspec
 
+from ._deadlines import deadline_after
 from ._errors import ClientDisconnect, HTTPError
 from ._types import Message, Receive, Scope, Send, State
 
@@ -212,12 +213,13 @@ class Request:
             # costs as much as the rest of the host's work on a request, and most small bodies
             # arrive with the headers: the server's `receive()` returns without suspending. So
             # the first `receive()` is stepped once by hand, here; only if it suspends does the
-            # rest run under `asyncio.timeout`, which, unlike a cancel scope, does not mind
-            # scopes that `receive()` may have opened in its first step.
+            # rest run under a deadline (a timer shared by the waits of a tick: _deadlines.py),
+            # which, as `asyncio.timeout` and unlike a cancel scope, does not mind scopes that
+            # `receive()` may have opened in its first step.
             receiving, _ = self._first_step(chunks, limit)
             if not self._ended:
                 try:
-                    async with asyncio.timeout(timeout_s):
+                    async with deadline_after(timeout_s):
                         if receiving is not None:
                             self._take(await receiving, chunks, limit)
                         await self._read(chunks, limit)

@@ -138,3 +138,58 @@ def test_generate_aborts_and_a_slow_reader() -> None:
     assert "8 clients left" in out
     assert "active 0, waiting 0, free slots 4/4, cancelled 8" in out
     assert "a reader stopped for 2.0 s" in out
+
+
+CHECKED_FLOOR_AGAINST_THE_HOST = """
+import importlib
+
+import anyio
+from asgi_host.testing import LifespanDriver
+from examples.app import IrisConfig, make_app
+
+peers = importlib.import_module("bench.peers")  # run as a script, as the other benchmarks are
+
+ROWS = {"inputs": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+CASES = [
+    ({"json": ROWS}, []),
+    ({"json": {"inputs": [[1.0, 2.0]]}}, []),  # the wrong width: 422
+    ({"json": {"inputs": [[float("nan")] * 4]}}, []),  # NaN (JSON null): 422
+    ({"json": {"inputs": [[1e39, 0.0, 0.0, 0.0]]}}, []),  # a finite input the model overflows on: 422
+    ({"body": b"{"}, [("content-type", "application/json")]),  # malformed: 400
+    ({"body": b"x"}, [("content-type", "text/plain")]),  # 415
+    ({"json": {"inputs": [[1.0] * 4] * 1025}}, []),  # over max_rows: 413
+]
+
+
+async def main() -> None:
+    async with (
+        LifespanDriver(make_app(IrisConfig(metrics=False))) as host,
+        LifespanDriver(peers.checked_floor_app) as checked,
+    ):
+        for kwargs, headers in CASES:
+            ours = await host.request("POST", "/predict", headers=headers, **kwargs)
+            floor = await checked.request("POST", "/predict", headers=headers, **kwargs)
+            assert floor.status == ours.status, (kwargs, floor.body, ours.body)
+            assert floor.header("x-request-id")
+            if ours.status == 200:
+                assert floor.json() == ours.json()
+                assert floor.header("x-model-version") and ours.header("x-model-version")
+            print(ours.status)
+
+
+anyio.run(main)
+"""
+
+
+def test_the_checked_floor_answers_as_the_host_does() -> None:
+    """bench.peers' floor with the host's checks, which the request path's figures are read against,
+    gives the host's answer and refuses what the host refuses, with the same statuses."""
+    result = subprocess.run(
+        [sys.executable, "-c", CHECKED_FLOOR_AGAINST_THE_HOST],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == ["200", "422", "422", "422", "400", "415", "413"]

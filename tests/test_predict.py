@@ -344,33 +344,3 @@ def test_remembered_accept_values_are_bounded() -> None:
             "application/msgpack",
         )
     assert len(_structured._ACCEPTED) <= 256
-
-
-async def test_the_checked_floor_answers_as_the_host_does() -> None:
-    """bench.peers' floor with the host's checks, which the request path's figures are read against,
-    gives the host's answer and refuses what the host refuses, with the same statuses."""
-    pytest.importorskip("fastapi")  # bench.peers serves FastAPI too
-    from bench import peers
-
-    rows = {"inputs": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
-    cases: list[tuple[dict[str, Any], list[tuple[str, str]]]] = [
-        ({"json": rows}, []),
-        ({"json": {"inputs": [[1.0, 2.0]]}}, []),  # the wrong width: 422
-        ({"json": {"inputs": [[float("nan")] * 4]}}, []),  # 422 (msgspec writes NaN as null: 422 too)
-        ({"json": {"inputs": [[1e39, 0.0, 0.0, 0.0]]}}, []),  # a finite input the model overflows on: 422
-        ({"body": b"{"}, [("content-type", "application/json")]),  # malformed: 400
-        ({"body": b"x"}, [("content-type", "text/plain")]),  # 415
-        ({"json": {"inputs": [[1.0] * 4] * 1025}}, []),  # over max_rows: 413
-    ]
-    async with (
-        LifespanDriver(make_app(IrisConfig(metrics=False))) as host,
-        LifespanDriver(peers.checked_floor_app) as checked,
-    ):
-        for kwargs, headers in cases:
-            ours = await host.request("POST", "/predict", headers=headers, **kwargs)
-            floor = await checked.request("POST", "/predict", headers=headers, **kwargs)
-            assert floor.status == ours.status, (kwargs, floor.body, ours.body)
-            assert floor.header("x-request-id")
-            if ours.status == 200:
-                assert floor.json() == ours.json()
-                assert (floor.header("x-model-version") is None) == (ours.header("x-model-version") is None)

@@ -1,0 +1,93 @@
+"""Body-read deadlines on asyncio that share their timers: one per tick, not one per request.
+
+A request whose body has not arrived when the host first asks for it (under granian, every
+request: its `receive()` is a future a Rust thread completes) waits under `body_timeout_s`.
+`asyncio.timeout` arms a timer per request, and its enter, its exit and the timer's cancelling
+cost as much as the rest of the host's work on a request. Here a wait joins the set of the
+tick its deadline falls in (ticks of `TICK_S`); the first wait of a tick arms that tick's one
+timer, which cancels whatever is still waiting when it fires. A deadline is kept to within one
+tick after it (never before), and a wait costs a set insert and a discard.
+
+As with `asyncio.timeout`, the expiry cancels the waiting task; the waiter turns that cancel, and
+only that one (`Task.uncancel`), into its timeout. One registry per event loop, kept per thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from types import TracebackType
+
+__all__ = ["TICK_S", "deadline_after"]
+
+TICK_S = 0.05
+
+
+class _Wait:
+    """One wait under a deadline: `async with` it; `expired` says whether its tick fired first."""
+
+    __slots__ = ("_cancelling", "_registry", "_task", "_tick", "expired")
+
+    def __init__(self, registry: _Registry, timeout_s: float) -> None:
+        self._registry = registry
+        self._task = asyncio.current_task()
+        self._tick = math.ceil((registry.loop.time() + timeout_s) / TICK_S)
+        self._cancelling = 0
+        self.expired = False
+
+    async def __aenter__(self) -> _Wait:
+        task = self._task
+        if task is None:
+            raise RuntimeError("a body deadline needs a task")
+        self._cancelling = task.cancelling()
+        registry = self._registry
+        waiting = registry.ticks.get(self._tick)
+        if waiting is None:
+            waiting = registry.ticks[self._tick] = set()
+            registry.loop.call_at(self._tick * TICK_S, registry.fire, self._tick)
+        waiting.add(self)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        waiting = self._registry.ticks.get(self._tick)
+        if waiting is not None:
+            waiting.discard(self)
+        # Expired: take back this wait's cancel (always), and answer it, when nobody else also
+        # cancelled the task, with a timeout.
+        expired = self.expired and self._task is not None and self._task.uncancel() <= self._cancelling
+        if expired and kind is asyncio.CancelledError:
+            raise TimeoutError from exc
+        return False
+
+    def cancel(self) -> None:
+        self.expired = True
+        if self._task is not None:
+            self._task.cancel()
+
+
+class _Registry:
+    """The ticks of one event loop: tick number -> the waits whose deadlines fall in it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ticks: dict[int, set[_Wait]] = {}
+
+    def fire(self, tick: int) -> None:
+        for wait in self.ticks.pop(tick, ()):
+            wait.cancel()
+
+
+_local = threading.local()
+
+
+def deadline_after(timeout_s: float) -> _Wait:
+    """`async with deadline_after(s):` raises `TimeoutError` when the block outlives `s` seconds
+    (give or take a tick later), on asyncio, in a task."""
+    loop = asyncio.get_running_loop()
+    registry: _Registry | None = getattr(_local, "registry", None)
+    if registry is None or registry.loop is not loop:
+        registry = _local.registry = _Registry(loop)
+    return _Wait(registry, timeout_s)
