@@ -25,47 +25,50 @@ TICK_S = 0.05
 
 
 class _Wait:
-    """One wait under a deadline: `async with` it; `expired` says whether its tick fired first."""
+    """One wait under a deadline, from its making to `done()`; or `async with` it."""
 
     __slots__ = ("_cancelling", "_registry", "_task", "_tick", "expired")
 
     def __init__(self, registry: _Registry, timeout_s: float) -> None:
-        self._registry = registry
-        self._task = asyncio.current_task()
-        self._tick = math.ceil((registry.loop.time() + timeout_s) / TICK_S)
-        self._cancelling = 0
-        self.expired = False
-
-    async def __aenter__(self) -> _Wait:
-        task = self._task
+        task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a body deadline needs a task")
+        self._registry = registry
+        self._task = task
         self._cancelling = task.cancelling()
-        registry = self._registry
-        waiting = registry.ticks.get(self._tick)
+        self.expired = False
+        self._tick = tick = math.ceil((registry.loop.time() + timeout_s) / TICK_S)
+        waiting = registry.ticks.get(tick)
         if waiting is None:
-            waiting = registry.ticks[self._tick] = set()
-            registry.loop.call_at(self._tick * TICK_S, registry.fire, self._tick)
+            waiting = registry.ticks[tick] = set()
+            registry.loop.call_at(tick * TICK_S, registry.fire, tick)
         waiting.add(self)
+
+    def done(self, error: BaseException | None = None) -> bool:
+        """Leave the tick (once); True when `error` is this wait's own cancel: its deadline passed.
+
+        Expired, the wait takes its cancel back (always), and answers it with a timeout only when
+        nobody else also cancelled the task.
+        """
+        waiting = self._registry.ticks.get(self._tick)
+        if waiting is not None:
+            waiting.discard(self)
+        expired = self.expired and self._task.uncancel() <= self._cancelling
+        return expired and isinstance(error, asyncio.CancelledError)
+
+    async def __aenter__(self) -> _Wait:
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        waiting = self._registry.ticks.get(self._tick)
-        if waiting is not None:
-            waiting.discard(self)
-        # Expired: take back this wait's cancel (always), and answer it, when nobody else also
-        # cancelled the task, with a timeout.
-        expired = self.expired and self._task is not None and self._task.uncancel() <= self._cancelling
-        if expired and kind is asyncio.CancelledError:
+        if self.done(exc):
             raise TimeoutError from exc
         return False
 
     def cancel(self) -> None:
         self.expired = True
-        if self._task is not None:
-            self._task.cancel()
+        self._task.cancel()
 
 
 class _Registry:
@@ -84,8 +87,8 @@ _local = threading.local()
 
 
 def deadline_after(timeout_s: float) -> _Wait:
-    """`async with deadline_after(s):` raises `TimeoutError` when the block outlives `s` seconds
-    (give or take a tick later), on asyncio, in a task."""
+    """A wait that `done()` ends; `async with deadline_after(s):` raises `TimeoutError` when the
+    block outlives `s` seconds (at most a tick later). On asyncio, in a task."""
     loop = asyncio.get_running_loop()
     registry: _Registry | None = getattr(_local, "registry", None)
     if registry is None or registry.loop is not loop:

@@ -218,13 +218,16 @@ class Request:
             # `receive()` may have opened in its first step.
             receiving, _ = self._first_step(chunks, limit)
             if not self._ended:
+                wait = deadline_after(timeout_s)
                 try:
-                    async with deadline_after(timeout_s):
-                        if receiving is not None:
-                            self._take(await receiving, chunks, limit)
-                        await self._read(chunks, limit)
-                except TimeoutError:
-                    raise self._too_slow(chunks, declared) from None
+                    if receiving is not None:
+                        self._take(await receiving, chunks, limit)
+                    await self._read(chunks, limit)
+                except BaseException as exc:
+                    if wait.done(exc):
+                        raise self._too_slow(chunks, declared) from None
+                    raise
+                wait.done()
         self._body = b"".join(chunks)
         return self._body
 
