@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from types import CoroutineType
 from typing import Any, Protocol, TypeVar
@@ -204,9 +205,10 @@ class Request:
             raise _too_large(limit)
         chunks: list[bytes] = []
         timeout_s = self.body_timeout_s
-        if timeout_s is None:
+        loop = asyncio._get_running_loop()  # C calls, where sniffio's look-up is not
+        if timeout_s is None or timeout_s == math.inf:
             await self._read(chunks, limit)  # no timer: a timer costs 10-20 us a request
-        elif asyncio._get_running_loop() is None:  # trio (a C call, where sniffio's look-up is not)
+        elif loop is None or asyncio.current_task(loop) is None:  # trio (also as asyncio's guest)
             await self._read_eagerly_trio(chunks, limit, timeout_s, declared)
         else:
             # On asyncio, a body that has already arrived is read with no timer at all. A timer

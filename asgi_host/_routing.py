@@ -250,7 +250,9 @@ class Router:
             route = table.get(method) or table.get("*") or (table.get("GET") if method == "HEAD" else None)
             if route is not None:
                 match = Match(path, path, route, error_format=route.error_format)
-                if len(self._matches) < _KNOWN_MATCHES:  # bounded: clients choose the method
+                # Kept for the methods routes declare (HEAD with GET), not every method a route
+                # for all takes: clients choose the method.
+                if (method in table or method == "HEAD") and len(self._matches) < _KNOWN_MATCHES:
                     self._matches[path, method] = match
                 return match
             routes = list(table.values())

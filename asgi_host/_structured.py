@@ -96,8 +96,8 @@ class StructEndpoint(Generic[T]):
         body = await request.body()
         try:
             value = decode(body)
-        except (msgspec.DecodeError, RecursionError):
-            value = decode_body(decode, body)  # raises the error's HTTPError
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise decode_error(exc) from None
         result = await self.handler(value, request)
         if hasattr(result, "__aiter__"):  # a stream of Structs: SSE, or NDJSON by `Accept`
             return as_stream(result, accept)
@@ -143,13 +143,18 @@ def _return_type(handler: Callable[..., Any]) -> Any:
 def decode_body(decode: Callable[[bytes], T], body: bytes) -> T:
     try:
         return decode(body)
-    except msgspec.ValidationError as exc:  # a subclass of DecodeError: check it first
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise decode_error(exc) from None
+
+
+def decode_error(exc: msgspec.DecodeError | RecursionError) -> HTTPError:
+    """The answer to a body msgspec refused: 422 with the path for the wrong shape, else 400."""
+    if isinstance(exc, msgspec.ValidationError):  # a subclass of DecodeError: checked first
         message, _, path = str(exc).partition(" - at `")
-        raise HTTPError(422, message, path=path.rstrip("`") or "$") from None
-    except msgspec.DecodeError as exc:
-        raise HTTPError(400, f"malformed request body: {exc}") from None
-    except RecursionError:  # msgspec's answer to JSON or MessagePack nested thousands deep
-        raise HTTPError(400, "malformed request body: nested too deeply") from None
+        return HTTPError(422, message, path=path.rstrip("`") or "$")
+    if isinstance(exc, RecursionError):  # msgspec's answer to JSON or MessagePack nested thousands deep
+        return HTTPError(400, "malformed request body: nested too deeply")
+    return HTTPError(400, f"malformed request body: {exc}")
 
 
 def encode(value: Any, media_type: str) -> Response:
@@ -170,15 +175,16 @@ def response_media_type(accept: str | None) -> str:
 
     Highest `q` wins; at equal `q` a specific type beats a wildcard (RFC 9110),
     then the one listed first. Nothing acceptable still gets JSON (no 406).
-    A client sends the same few `Accept` values: the answers for up to 256 are kept.
+    Clients send the same few `Accept` values: the answers for the last up to 256 are kept.
     """
     if not accept:
         return JSON
     known = _ACCEPTED.get(accept)
     if known is None:
         known = _negotiate(accept)
-        if len(_ACCEPTED) < 256:
-            _ACCEPTED[accept] = known
+        if len(_ACCEPTED) >= 256:  # clients choose the header: start afresh rather than grow
+            _ACCEPTED.clear()
+        _ACCEPTED[accept] = known
     return known
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -65,11 +66,27 @@ async def test_someone_elses_cancel_is_not_a_timeout() -> None:
     task.cancel()  # the server's, say, before the deadline
     with pytest.raises(asyncio.CancelledError):
         await task
-    both = asyncio.ensure_future(waits())
-    await asyncio.sleep(0.1 + 2 * TICK_S)  # past the deadline: the tick has cancelled it...
-    assert both.done()
+    expired = asyncio.ensure_future(waits())
+    await asyncio.sleep(0.1 + 2 * TICK_S)  # past the deadline: the tick has cancelled it
+    assert expired.done()
     with pytest.raises(TimeoutError):
-        await both
+        await expired
+
+
+async def test_a_cancel_that_lands_with_the_deadline_stays_a_cancel() -> None:
+    """The tick and, before the task runs again, the server both cancel it: a cancel, not a timeout."""
+    loop = asyncio.get_running_loop()
+
+    async def waits() -> None:
+        async with deadline_after(0.05):
+            await asyncio.sleep(30)
+
+    task = asyncio.ensure_future(waits())
+    await asyncio.sleep(0)  # it waits now
+    deadline = math.ceil((loop.time() + 0.05) / TICK_S) * TICK_S
+    loop.call_at(deadline, task.cancel)  # right after the tick's timer, in the same pass
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 async def test_a_registry_per_event_loop() -> None:
