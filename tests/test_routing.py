@@ -530,3 +530,45 @@ def test_on_trio_a_body_in_hypercorns_channel_is_read_with_no_timer(monkeypatch:
     assert results["later"] == (200, b'{"length":5}', 1)
     assert results["never"][0] == 408
     assert results["never"][2] == 1
+
+
+async def test_trio_as_asyncios_guest_reads_a_body_that_waits() -> None:
+    """Trio run as a guest of a running asyncio loop (trio.lowlevel.start_guest_run): an asyncio
+    loop runs in the thread, but no asyncio task does, so the body is read the trio way."""
+    trio = pytest.importorskip("trio")
+
+    async def length(request: Request) -> Response:
+        return Response.json({"length": len(await request.body())})
+
+    host = Host(routes=[Route("/n", length, methods=["POST"])], body_timeout_s=5)
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def after_a_wait() -> Message:
+        await trio.sleep(0.01)
+        return {"type": "http.request", "body": b"abcd"}
+
+    async def in_trio() -> None:
+        await host(http_scope("POST", "/n", headers=[("content-length", "4")]), after_a_wait, send)
+
+    def run_as_guest() -> None:
+        import asyncio
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[Any] = loop.create_future()
+            trio.lowlevel.start_guest_run(
+                in_trio,
+                run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+                done_callback=done.set_result,
+                run_sync_soon_not_threadsafe=loop.call_soon,
+            )
+            (await done).unwrap()
+
+        asyncio.run(main())
+
+    await anyio.to_thread.run_sync(run_as_guest)
+    assert sent[0]["status"] == 200, sent
+    assert sent[-1]["body"] == b'{"length":4}'
