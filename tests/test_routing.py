@@ -33,6 +33,25 @@ async def create(request: Request) -> Response:
     return Response(await request.body(), status=201, media_type="application/octet-stream")
 
 
+async def body_length(request: Request) -> Response:
+    return Response.json({"length": len(await request.body())})
+
+
+def length_host(**kwargs: Any) -> Host:
+    """A host whose POST /n answers the length of the body it read."""
+    return Host(routes=[Route("/n", body_length, methods=["POST"])], **kwargs)
+
+
+def recording() -> tuple[list[Message], Send]:
+    """A `send` that keeps every message, and the list it keeps them in."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    return sent, send
+
+
 def make_host(**kwargs: Any) -> Host:
     return Host(
         routes=[
@@ -388,10 +407,7 @@ async def test_in_flight_counts_and_waits_for_idle() -> None:
 async def test_a_body_that_arrives_at_once_after_a_wait_or_never() -> None:
     """Read at once, after a wait within body_timeout_s, or never (408 when the time is up)."""
 
-    async def length(request: Request) -> Response:
-        return Response.json({"length": len(await request.body())})
-
-    host = Host(routes=[Route("/n", length, methods=["POST"])], body_timeout_s=0.3)
+    host = length_host(body_timeout_s=0.3)
     scope = http_scope("POST", "/n", headers=[("content-length", "5")])
     chunks: list[Message] = [
         {"type": "http.request", "body": b"ab", "more_body": True},
@@ -403,10 +419,7 @@ async def test_a_body_that_arrives_at_once_after_a_wait_or_never() -> None:
         return next(arrived)
 
     assert (await request(host, "POST", "/n", body=b"abcde")).json() == {"length": 5}
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
+    sent, send = recording()
 
     await host(scope, at_once, send)  # both chunks there: never suspends
     assert b'{"length":5}' in sent[-1]["body"]
@@ -453,14 +466,8 @@ async def test_a_body_that_arrives_at_once_after_a_wait_or_never() -> None:
 async def test_a_body_that_waits_under_an_endless_body_timeout() -> None:
     """body_timeout_s=inf (the config takes it) means no deadline, not an error."""
 
-    async def length(request: Request) -> Response:
-        return Response.json({"length": len(await request.body())})
-
-    host = Host(routes=[Route("/n", length, methods=["POST"])], body_timeout_s=float("inf"))
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
+    host = length_host(body_timeout_s=float("inf"))
+    sent, send = recording()
 
     async def after_a_wait() -> Message:
         await anyio.sleep(0.01)
@@ -472,10 +479,7 @@ async def test_a_body_that_waits_under_an_endless_body_timeout() -> None:
 
 
 async def test_a_content_length_of_other_digits_is_not_a_500() -> None:
-    async def length(request: Request) -> Response:
-        return Response.json({"length": len(await request.body())})
-
-    host = Host(routes=[Route("/n", length, methods=["POST"])])
+    host = length_host()
     answer = await request(host, "POST", "/n", body=b"abc", headers=[("content-length", "\u00b2")])
     assert answer.status == 200
     assert answer.json() == {"length": 3}
@@ -486,10 +490,7 @@ def test_on_trio_a_body_in_hypercorns_channel_is_read_with_no_timer(monkeypatch:
     cancel scope (a timer costs ~14 us); one that has to be waited for, or never comes, is timed."""
     trio = pytest.importorskip("trio")
 
-    async def length(request: Request) -> Response:
-        return Response.json({"length": len(await request.body())})
-
-    host = Host(routes=[Route("/n", length, methods=["POST"])], body_timeout_s=0.3)
+    host = length_host(body_timeout_s=0.3)
     scope = http_scope("POST", "/n", headers=[("content-length", "5")])
     body: Message = {"type": "http.request", "body": b"abcde", "more_body": False}
     timers: list[float] = []
@@ -502,10 +503,7 @@ def test_on_trio_a_body_in_hypercorns_channel_is_read_with_no_timer(monkeypatch:
     monkeypatch.setattr(anyio, "move_on_after", timer)
 
     async def answer(case: str) -> tuple[int, bytes, int]:
-        sent: list[Message] = []
-
-        async def send(message: Message) -> None:
-            sent.append(message)
+        sent, send = recording()
 
         to_app, receive_channel = trio.open_memory_channel[Message](4)
         timers.clear()
@@ -537,14 +535,8 @@ async def test_trio_as_asyncios_guest_reads_a_body_that_waits() -> None:
     loop runs in the thread, but no asyncio task does, so the body is read the trio way."""
     trio = pytest.importorskip("trio")
 
-    async def length(request: Request) -> Response:
-        return Response.json({"length": len(await request.body())})
-
-    host = Host(routes=[Route("/n", length, methods=["POST"])], body_timeout_s=5)
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
+    host = length_host(body_timeout_s=5)
+    sent, send = recording()
 
     async def after_a_wait() -> Message:
         await trio.sleep(0.01)
