@@ -140,13 +140,6 @@ def _return_type(handler: Callable[..., Any]) -> Any:
     return returned
 
 
-def decode_body(decode: Callable[[bytes], T], body: bytes) -> T:
-    try:
-        return decode(body)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise decode_error(exc) from None
-
-
 def decode_error(exc: msgspec.DecodeError | RecursionError) -> HTTPError:
     """The answer to a body msgspec refused: 422 with the path for the wrong shape, else 400."""
     if isinstance(exc, msgspec.ValidationError):  # a subclass of DecodeError: checked first
