@@ -195,13 +195,7 @@ class Request:
             return self._body
         limit = self.max_body_bytes
         declared = self.headers.get("content-length")
-        if (
-            limit is not None
-            and declared is not None
-            and declared.isdigit()
-            and declared.isascii()  # `isdigit()` alone takes "²", which `int()` refuses
-            and int(declared) > limit
-        ):
+        if limit is not None and declared is not None and _is_number(declared) and int(declared) > limit:
             raise _too_large(limit)
         chunks: list[bytes] = []
         timeout_s = self.body_timeout_s
