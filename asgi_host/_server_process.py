@@ -14,6 +14,7 @@ server answers, and a stop by PID (never by name) that always happens.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -68,6 +69,10 @@ class ServerProcess:
         cwd: str | os.PathLike[str] | None = None,
         log_path: Path | None = None,
     ) -> None:
+        if _listened_on(port):
+            # The readiness check would be answered by whoever holds the port, and this server
+            # would fail to bind: refuse now, not after a benchmark has measured the wrong server.
+            raise OSError(errno.EADDRINUSE, f"127.0.0.1:{port} already has a listener")
         self.command = list(command)
         self.port = port
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -153,6 +158,12 @@ class ServerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         self.exit_code = self.process.returncode
+
+
+def _listened_on(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _descendants(pid: int) -> list[int]:

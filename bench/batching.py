@@ -18,6 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from asgi_host.testing import free_port
 from bench.http import serve, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +41,10 @@ def main() -> None:
     parser.add_argument("-d", "--seconds", type=int, default=10)
     parser.add_argument("--max-wait-s", default="0")
     parser.add_argument("--max-batch-rows", default="64")
-    parser.add_argument("--port", type=int, default=8798)
+    parser.add_argument("--port", type=int, default=None, help="default: a free port")
     parser.add_argument("--json-out", type=Path, help="also write the results here (for bench.plot)")
     args = parser.parse_args()
+    args.port = args.port or free_port()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
     app, script, path, prefix = APPS[args.app]

@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from asgi_host.testing import free_port
 from bench.http import serve, wrk
 
 SCRIPT = Path(__file__).resolve().parent / "post_embed.lua"
@@ -64,8 +65,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 32])
     parser.add_argument("-d", "--seconds", type=int, default=10)
-    parser.add_argument("--port", type=int, default=8793)
+    parser.add_argument("--port", type=int, default=None, help="default: a free port")
     args = parser.parse_args()
+    args.port = args.port or free_port()
     results: dict[tuple[str, int], dict[str, float]] = {}
     for name, (app, env) in APPS.items():
         # MiniLM's first pass can take seconds on a loaded machine: a longer wait than Iris's.

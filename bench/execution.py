@@ -25,6 +25,7 @@ from torch import nn
 
 from asgi_host import Host, Route
 from asgi_host.model import Classifier, TorchModel
+from asgi_host.testing import free_port
 from bench.http import serve, wrk
 
 SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
@@ -66,8 +67,9 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 256, 384, 512, 768, 1024])
     parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 32])
     parser.add_argument("-d", "--seconds", type=int, default=5)
-    parser.add_argument("--port", type=int, default=8795)
+    parser.add_argument("--port", type=int, default=None, help="default: a free port")
     args = parser.parse_args()
+    args.port = args.port or free_port()
     print(
         f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
     )

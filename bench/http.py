@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import httpx
 
-from asgi_host.testing import ServerProcess, server_command
+from asgi_host.testing import ServerProcess, free_port, server_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 32, 64])
     parser.add_argument("-d", "--seconds", type=int, default=6)
     parser.add_argument("--servers", nargs="+", default=["hypercorn", "uvicorn", "granian"])
-    parser.add_argument("--port", type=int, default=8797)
+    parser.add_argument("--port", type=int, default=None, help="first of consecutive ports (default: free)")
     parser.add_argument(
         "--litserve", action="store_true", help="also LitServe on its own server (pip install litserve)"
     )
@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--checked", action="store_true", help="also the floor with the host's checks")
     args = parser.parse_args()
     apps = {**APPS, **(CHECKED if args.checked else {})}
+    ports = free_ports(len(apps)) if args.port is None else [args.port + i for i in range(len(apps))]
     print("| server | clients | app | req/s | p50 ms | p99 ms | / work floor | / FastAPI |")
     print("|---|---|---|---|---|---|---|---|")
     for server in args.servers:
@@ -133,8 +134,8 @@ def main() -> None:
         results: dict[tuple[str, int], list[dict[str, float]]] = {}
         try:
             for i, (name, (app, env)) in enumerate(apps.items()):
-                processes[name] = serve(server, app, args.port + i, env), args.port + i
-                wrk(args.port + i, 8, 2, SCRIPT, "/predict")  # warm up
+                processes[name] = serve(server, app, ports[i], env), ports[i]
+                wrk(ports[i], 8, 2, SCRIPT, "/predict")  # warm up
             for turn in range(args.rounds):
                 for c in args.connections:
                     names = list(apps)
@@ -156,11 +157,11 @@ def main() -> None:
                     flush=True,
                 )
     if args.litserve:
-        process = serve("litserve", "", args.port)
+        process = serve("litserve", "", ports[0])
         try:
-            wrk(args.port, 8, 2, SCRIPT, "/predict")  # warm up
+            wrk(ports[0], 8, 2, SCRIPT, "/predict")  # warm up
             for c in args.connections:
-                r = wrk(args.port, c, args.seconds, SCRIPT, "/predict")
+                r = wrk(ports[0], c, args.seconds, SCRIPT, "/predict")
                 print(
                     f"| litserve (its uvicorn) | {c} | LitServe | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
                     f"{r['p99_ms']:.2f} | | |"
@@ -168,6 +169,16 @@ def main() -> None:
         finally:
             # LitServe forks workers that leave the process group: stop() ends them too, by PID.
             process.stop()
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports nobody listens on (the OS's choice)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def _median(runs: list[dict[str, float]], key: str) -> float:

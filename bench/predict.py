@@ -27,7 +27,7 @@ import sniffio
 import torch
 
 from asgi_host import Batching
-from asgi_host.testing import LifespanDriver, ServerProcess, server_command
+from asgi_host.testing import LifespanDriver, ServerProcess, free_port, server_command
 from bench.hop import model_thread
 from examples.app import IrisConfig, make_app
 
@@ -248,10 +248,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Iris /predict: time to ready and per-request cost")
     parser.add_argument("-n", type=int, default=5000, help="requests per in-process measurement")
     parser.add_argument("--http-n", type=int, default=2000, help="requests over HTTP")
-    parser.add_argument("--port", type=int, default=8799)
+    parser.add_argument("--port", type=int, default=None, help="default: a free port")
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="in-process rounds (each app's best is kept)")
     args = parser.parse_args()
+    args.port = args.port or free_port()
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
         f"{torch.get_num_threads()} torch threads"

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import anyio
 
+from asgi_host.testing import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,9 +43,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--drive", choices=["default", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--hypercorn", action="store_true", help="profile the server under wrk")
-    parser.add_argument("--port", type=int, default=8791)
+    parser.add_argument("--port", type=int, default=None, help="default: a free port")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs", help="where the SVGs go")
     args = parser.parse_args()
+    args.port = args.port or free_port()
     if args.drive:
         anyio.run(drive, args.drive, args.seconds)
         return

@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 import torch
 
-from asgi_host.testing import ServerProcess, server_command
+from asgi_host.testing import ServerProcess, free_port, server_command
 from bench.predict import ROOT, ROW, running
 from bench.predict import in_process as predict_in_process
 from examples.app import IrisConfig, make_app
@@ -170,9 +170,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="v2 infer vs /predict: per-request cost, one Iris row")
     parser.add_argument("-n", type=int, default=5000, help="requests per in-process measurement")
     parser.add_argument("--http-n", type=int, default=2000, help="requests per route over HTTP")
-    parser.add_argument("--port", type=int, default=8797)
+    parser.add_argument("--port", type=int, default=None, help="default: a free port")
     parser.add_argument("--no-http", action="store_true")
     args = parser.parse_args()
+    args.port = args.port or free_port()
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} cpus, {torch.get_num_threads()} torch threads"

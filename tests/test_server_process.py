@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -67,6 +69,21 @@ def test_a_server_that_exits_before_answering_says_why() -> None:
         run_server(command, port=port),
     ):
         pass
+
+
+def test_a_port_someone_listens_on_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    # Otherwise the readiness check is answered by the other listener, and this server, failing
+    # to bind, goes unnoticed until the other one leaves.
+    marker = tmp_path / "started"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(OSError, match=rf"127\.0\.0\.1:{port} already has a listener") as refused:
+            ServerProcess([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], port=port)
+    assert refused.value.errno == errno.EADDRINUSE
+    time.sleep(0.3)
+    assert not marker.exists()
 
 
 def test_a_server_that_never_answers_times_out_and_is_stopped() -> None:
