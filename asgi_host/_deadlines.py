@@ -15,6 +15,7 @@ only that one (`Task.uncancel`), into its timeout. One registry per event loop, 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import threading
 from types import TracebackType
@@ -41,7 +42,7 @@ class _Wait:
         waiting = registry.ticks.get(tick)
         if waiting is None:
             waiting = registry.ticks[tick] = set()
-            registry.loop.call_at(tick * TICK_S, registry.fire, tick)
+            registry.loop.call_at(tick * TICK_S, registry.fire, tick, context=registry.context)
         waiting.add(self)
 
     def done(self, error: BaseException | None = None) -> bool:
@@ -77,6 +78,9 @@ class _Registry:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.ticks: dict[int, set[_Wait]] = {}
+        # The ticks' timers run in a context of their own: a copy of the request's that armed one
+        # would keep its context variables (its request id...) alive until the tick, seconds on.
+        self.context = contextvars.Context()
 
     def fire(self, tick: int) -> None:
         for wait in self.ticks.pop(tick, ()):

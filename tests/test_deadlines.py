@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 import math
+import weakref
 from typing import Any
 
 import pytest
@@ -98,3 +101,23 @@ async def test_a_registry_per_event_loop() -> None:
     async with deadline_after(1):
         pass
     assert _local.registry.loop is asyncio.get_running_loop()
+
+
+async def test_a_ticks_timer_keeps_nothing_of_the_request_that_armed_it_alive() -> None:
+    class Value:
+        pass
+
+    variable: contextvars.ContextVar[Value] = contextvars.ContextVar("variable")
+
+    async def request() -> weakref.ref[Value]:
+        value = Value()
+        variable.set(value)
+        wait = deadline_after(30)  # its tick's timer stays armed for 30 s
+        wait.done()
+        return weakref.ref(value)
+
+    held = await asyncio.get_running_loop().create_task(request())
+    for _ in range(3):  # the task's own callbacks, which hold its context, run
+        await asyncio.sleep(0)
+    gc.collect()
+    assert held() is None
