@@ -41,6 +41,8 @@ class HostSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     admin_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
     # One JSON line per request on the `asgi_host.access` logger (_access_log.py), or "off".
     access_log: Literal["json", "off"] = "off"
+    # gc.freeze() once the resources started: full collections skip what startup made (_gc.py).
+    gc_freeze: bool = True
 
 
 # What `Host(...)` uses for a setting it is not given.

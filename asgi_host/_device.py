@@ -8,11 +8,11 @@ memory with the model.
 
 from __future__ import annotations
 
-import gc
 import sys
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ModelLoadError
+from ._gc import collect
 
 if TYPE_CHECKING:
     import torch
@@ -86,8 +86,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def release_cuda_memory() -> None:
     """Give cached CUDA memory back to the driver: best effort, idempotent, safe without CUDA.
 
-    Collects garbage first (`empty_cache()` can only free blocks no tensor
-    uses), waits for queued kernels, frees cuBLAS's workspaces (cuBLAS keeps
+    Collects garbage first, what the host froze after startup included (`empty_cache()` can only
+    free blocks no tensor uses), waits for queued kernels, frees cuBLAS's workspaces (cuBLAS keeps
     one per handle and stream in the caching allocator, counted as allocated:
     32 MiB on an H100 after a single matmul, measured), then empties the
     caching allocator and frees memory held for tensors shared with other
@@ -97,7 +97,7 @@ def release_cuda_memory() -> None:
     """
     import torch
 
-    gc.collect()
+    collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.cuda.synchronize()
         clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)

@@ -42,7 +42,6 @@ _NOT_STARTED = HTTPError(
     "app, run `async with host.lifespan():` in that app's lifespan (see docs/embedding.md)",
 )
 
-
 ResourceLike = Resource | Callable[..., AbstractAsyncContextManager[Any]]
 
 
@@ -84,18 +83,17 @@ class Host:
     reverse on `lifespan.shutdown`; what they yield is the state handlers see
     as `request.state`. Mounted sub-apps (`Mount`) get no lifespan events.
 
-    Timeouts are the host's own (`None` for no limit); hypercorn has its own
-    60 s `startup_timeout` on top, see docs/lifespan.md. `drain_timeout_s`
-    bounds the wait for requests in flight after `lifespan.shutdown`, `body_timeout_s` the time a
-    request body may take to arrive (408 after).
-    `/livez` and `/readyz` (paths settable, `None` to turn off) report
-    liveness and readiness; `background_startup=True` answers startup at
-    once and loads in the background (routes answer 503 until ready);
-    `metrics=Metrics()` serves `/metrics`, `access_log="json"` logs each request (every response
-    carries `x-request-id`). See docs/production.md.
-    `openapi_path` serves the OpenAPI document of the routes, `docs_path`
-    Swagger UI for it (the `openapi` extra); `None` turns either off, and
-    no document means no page either. See docs/protocols.md.
+    Timeouts are the host's own (`None` for no limit); hypercorn has its own 60 s `startup_timeout`
+    on top, see docs/lifespan.md. `drain_timeout_s` bounds the wait for requests in flight after
+    `lifespan.shutdown`, `body_timeout_s` the time a request body may take to arrive (408 after).
+    `/livez` and `/readyz` (paths settable, `None` to turn off) report liveness and readiness;
+    `background_startup=True` answers startup at once and loads in the background (routes answer
+    503 until ready); `metrics=Metrics()` serves `/metrics`, `access_log="json"` logs each request
+    (every response carries `x-request-id`); `gc_freeze` leaves what startup made out of full
+    garbage collections (gc.freeze(); False: not). See docs/production.md.
+    `openapi_path` serves the OpenAPI document of the routes, `docs_path` Swagger UI for it (the
+    `openapi` extra); `None` turns either off, and no document means no page either. See
+    docs/protocols.md.
 
     Mounted in another app that sends no lifespan events, run it from that
     app's lifespan with `async with host.lifespan():`, or let the first
@@ -123,6 +121,7 @@ class Host:
         openapi_path: str | None = DEFAULTS.openapi_path,
         docs_path: str | None = DEFAULTS.docs_path,
         access_log: Literal["json", "off"] = DEFAULTS.access_log,
+        gc_freeze: bool = DEFAULTS.gc_freeze,
     ) -> None:
         routes = expand_routes(routes)
         self.router = Router(routes)
@@ -144,6 +143,7 @@ class Host:
             self,
             startup_timeout_s=startup_timeout_s,
             shutdown_timeout_s=shutdown_timeout_s,
+            gc_freeze=gc_freeze,
         )
         names = [r.name for r in self._stack.resources]
         if len(set(names)) != len(names):

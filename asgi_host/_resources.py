@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 
 from ._clock import deadline, wait_until
 from ._errors import ShutdownError, StartupError
+from ._gc import freeze_startup
 from ._types import State
 
 __all__ = ["Progress", "Resource", "ResourceStack"]
@@ -269,8 +270,10 @@ class ResourceStack:
         *,
         startup_timeout_s: float | None,
         shutdown_timeout_s: float | None,
+        gc_freeze: bool = False,
     ) -> None:
         self.resources = list(resources)
+        self.gc_freeze = gc_freeze
         self._owner = owner
         self.startup_timeout_s = startup_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -315,6 +318,8 @@ class ResourceStack:
             except StartupError as exc:
                 await self._fail_startup(str(exc), None)
         self.progress.finish()
+        if self.gc_freeze:
+            freeze_startup()  # full collections leave out what startup made (_gc.py)
         return self.state
 
     def _merge(self, resource: Resource, value: Any) -> None:

@@ -18,6 +18,7 @@ python -m bench generate [args]       # streaming generation: examples.chat vs F
 python -m bench abandon [args]        # work for clients that left: MiniLM unbatched and batched (CPU-s)
 python -m bench context [args]        # request ids, the access log, tracing: their cost per request
 python -m bench buckets [args]        # bucketed batch shapes against one per size, compiled (CPU)
+python -m bench gc [args]             # garbage collection under load, gc_freeze on and off (needs wrk)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ COMMANDS = {
     "abandon": "bench.abandon",
     "context": "bench.request_context",
     "buckets": "bench.buckets",
+    "gc": "bench.gc_pauses",
 }
 
 QUICK = [

@@ -72,6 +72,13 @@ def test_batching_under_hypercorn() -> None:
     assert "| 2 |" in out
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_garbage_collection_with_gc_freeze_on_and_off() -> None:
+    out = bench("gc", "-c", "2", "-d", "1", "--rounds", "1", "--servers", "uvicorn")
+    assert "| uvicorn | on |" in out
+    assert "| uvicorn | off |" in out
+
+
 def test_gpu_script_cpu_path() -> None:
     out = bench("gpu", "--only", "memory", "throughput", "-c", "2", "-d", "0.5")
     assert "| Iris MLP |" in out

@@ -165,6 +165,7 @@ def test_host_kwargs_fill_every_host_setting() -> None:
         lazy_start="unavailable",
         admin_token="t" * MIN_TOKEN_LENGTH,
         access_log="json",
+        gc_freeze=False,
     )
     kwargs = config.host_kwargs()
     assert set(kwargs) == settable
