@@ -22,6 +22,7 @@ measured in the same round (req/s and latencies: medians over the rounds).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import subprocess
@@ -35,6 +36,7 @@ from asgi_host.testing import ServerProcess, free_port, server_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "post_predict.lua"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # name: (ASGI app, extra environment)
 APPS: dict[str, tuple[str, dict[str, str]]] = {
     "work floor": ("bench.peers:floor_app", {}),
@@ -64,7 +66,7 @@ def wrk(port: int, connections: int, seconds: int, script: Path, path: str) -> d
         text=True,
         check=True,
     ).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "seconds": seconds}  # type: ignore[union-attr]
     for pct in ("50", "99"):
         match = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
         assert match, out
@@ -124,6 +126,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="turns each app takes per server and clients")
     parser.add_argument("--checked", action="store_true", help="also the floor with the host's checks")
+    parser.add_argument("--cpu", action="store_true", help="also each app's CPU per request, by thread")
     args = parser.parse_args()
     apps = {**APPS, **(CHECKED if args.checked else {})}
     ports = free_ports(len(apps)) if args.port is None else [args.port + i for i in range(len(apps))]
@@ -140,7 +143,9 @@ def main() -> None:
                 for c in args.connections:
                     names = list(apps)
                     for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                        before = threads_cpu(processes[name][0].pid)
                         result = wrk(processes[name][1], c, args.seconds, SCRIPT, "/predict")
+                        result.update(cpu_per_request(before, threads_cpu(processes[name][0].pid), result))
                         results.setdefault((name, c), []).append(result)
         finally:
             for process, _ in processes.values():
@@ -156,6 +161,16 @@ def main() -> None:
                     f"{_ratio(runs, floor):.2f}x | {extra} |",
                     flush=True,
                 )
+        if args.cpu:
+            print(
+                "\n| server | clients | app | busiest thread (the loop's), us CPU a request | other threads |"
+            )
+            print("|---|---|---|---|---|")
+            for c in args.connections:
+                for name in apps:
+                    loop, other = (_median(results[name, c], key) for key in ("loop_us", "other_us"))
+                    print(f"| {server} | {c} | {name} | {loop:.1f} | {other:.1f} |", flush=True)
+            print()
     if args.litserve:
         process = serve("litserve", "", ports[0])
         try:
@@ -169,6 +184,33 @@ def main() -> None:
         finally:
             # LitServe forks workers that leave the process group: stop() ends them too, by PID.
             process.stop()
+
+
+def threads_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of `pid` and of the processes it started (from /proc: Linux)."""
+    found: dict[int, float] = {}
+    todo = [pid]
+    while todo:
+        process = todo.pop()
+        try:
+            for tid in os.listdir(f"/proc/{process}/task"):
+                with open(f"/proc/{process}/task/{tid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid...
+                found[int(tid)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+                with open(f"/proc/{process}/task/{tid}/children") as children:
+                    todo.extend(int(child) for child in children.read().split())
+        except OSError:  # gone meanwhile, or no /proc
+            continue
+    return found
+
+
+def cpu_per_request(
+    before: dict[int, float], after: dict[int, float], result: dict[str, float]
+) -> dict[str, float]:
+    """The busiest thread's CPU (the event loop's) and the other threads', in us per request."""
+    used = sorted((seconds - before.get(tid, 0.0) for tid, seconds in after.items()), reverse=True) or [0.0]
+    requests = max(result["rps"] * result["seconds"], 1.0)
+    return {"loop_us": used[0] / requests * 1e6, "other_us": sum(used[1:]) / requests * 1e6}
 
 
 def free_ports(n: int) -> list[int]:

@@ -13,6 +13,7 @@ Over HTTP, one keep-alive client sends requests one after another to
 from __future__ import annotations
 
 import argparse
+import asyncio
 import platform
 import statistics
 import time
@@ -65,8 +66,14 @@ async def in_process(
     path: str = "/predict",
     headers: list[tuple[bytes, bytes]] | None = None,
     warmup: int = 200,
+    waiting: bool = False,
 ) -> float:
-    """Seconds per POST of `body` to `path`, driven with raw ASGI messages one at a time."""
+    """Seconds per POST of `body` to `path`, driven with raw ASGI messages one at a time.
+
+    `waiting`: every `receive()` waits for a turn of the loop before it answers, as granian's does
+    (its message is a future a Rust thread completes); else it answers at once, as uvicorn's and
+    hypercorn's do for a body that came with the headers.
+    """
     sent_headers = [
         *(headers or [(b"content-type", content_type)]),
         (b"content-length", str(len(body)).encode()),
@@ -93,7 +100,7 @@ async def in_process(
         import trio
 
     async def one() -> None:
-        if on_trio:  # as hypercorn on trio hands the body over: a memory channel's receive()
+        if on_trio and not waiting:  # as hypercorn on trio hands the body over: a memory channel's
             to_app, from_server = trio.open_memory_channel[dict[str, Any]](1)
             to_app.send_nowait(message)
             await app({**scope_base, "state": dict(state)}, from_server.receive, send)
@@ -102,6 +109,10 @@ async def in_process(
 
         async def receive() -> dict[str, Any]:
             nonlocal sent
+            if waiting and on_trio:
+                await trio.lowlevel.checkpoint()
+            elif waiting:
+                await asyncio.sleep(0)
             if not sent:
                 sent = True
                 return message
@@ -169,7 +180,7 @@ async def thread_round_trip(n: int) -> float:
         return (time.perf_counter() - started) / n
 
 
-async def measure_in_process(n: int, rounds: int = 3) -> dict[str, list[float]]:
+async def measure_in_process(n: int, rounds: int = 3, waiting: bool = False) -> dict[str, list[float]]:
     """Each app's seconds per request in each of `rounds` rounds, the apps taking turns within each
     round (their order rotating). Read a figure against the floor of the same round: on a shared
     2-core machine whole rounds move by tens of percent with other processes' noise.
@@ -187,7 +198,8 @@ async def measure_in_process(n: int, rounds: int = 3) -> dict[str, list[float]]:
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
                 app, body, content_type, share = apps[name]
-                seconds = await in_process(app, states[name], body, content_type, max(n * share // 10, 100))
+                requests = max(n * share // 10, 100)
+                seconds = await in_process(app, states[name], body, content_type, requests, waiting=waiting)
                 results[name].append(seconds)
             results[hop_name].append(await thread_round_trip(n))
     return results
@@ -251,6 +263,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=None, help="default: a free port")
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="in-process rounds (each app's best is kept)")
+    parser.add_argument(
+        "--waiting-receive", action="store_true", help="receive() waits a loop turn, as granian's does"
+    )
     args = parser.parse_args()
     args.port = args.port or free_port()
     print(
@@ -263,9 +278,11 @@ def main() -> None:
         f"{statistics.median(ready) * 1e3:.1f} ms (min {min(ready) * 1e3:.1f} ms)"
     )
     for backend in ("asyncio", "trio"):
-        results = anyio.run(measure_in_process, args.n, args.rounds, backend=backend)
+        results = anyio.run(measure_in_process, args.n, args.rounds, args.waiting_receive, backend=backend)
+        waits = ", receive() waits" if args.waiting_receive else ""
         print(
-            f"\n| {backend}: in-process | us/request (best round) | / work floor (median of the rounds) |"
+            f"\n| {backend}: in-process{waits} | us/request (best round) "
+            "| / work floor (median of the rounds) |"
             "\n|---|---|---|"
         )
         for name, seconds in results.items():

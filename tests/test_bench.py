@@ -88,10 +88,11 @@ def test_gpu_script_cpu_path() -> None:
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
 def test_http_comparison_one_server() -> None:
-    out = bench("http", "-c", "2", "-d", "1", "--servers", "uvicorn", "--rounds", "2", "--checked")
+    out = bench("http", "-c", "2", "-d", "1", "--servers", "uvicorn", "--rounds", "2", "--checked", "--cpu")
     assert "| uvicorn | 2 | asgi_host |" in out
     assert "| uvicorn | 2 | FastAPI |" in out
     assert "| uvicorn | 2 | work floor + the host's checks |" in out
+    assert "busiest thread (the loop's), us CPU a request" in out
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
