@@ -46,6 +46,26 @@ async def test_startup_freezes_what_was_made_before_it_ended(gc_freeze: bool) ->
         assert walked_by_collections(after)
 
 
+async def test_garbage_that_startup_left_is_collected_not_frozen() -> None:
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    left: list[weakref.ref[Cycle]] = []
+
+    @asynccontextmanager
+    async def loader(host: object) -> AsyncIterator[dict[str, object]]:
+        left.append(weakref.ref(Cycle()))  # garbage at once, but only a collection frees it
+        yield {}
+
+    gc.disable()  # no automatic collection may free it first
+    try:
+        async with LifespanDriver(Host(resources=[loader])):
+            assert left[0]() is None
+    finally:
+        gc.enable()
+
+
 async def test_a_failed_startup_freezes_nothing() -> None:
     @asynccontextmanager
     async def broken(host: object) -> AsyncIterator[dict[str, object]]:
