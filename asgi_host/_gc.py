@@ -1,44 +1,57 @@
-"""The garbage collector after startup: what startup made is frozen out of every collection.
+"""The garbage collector while a host runs: what startup made is frozen out of every collection.
 
 A model server's heap is mostly what startup made (torch and the model: 176,000 objects for the
 Iris example, millions with a transformers model). Python's full collection walks all of it, 85 ms
 for the Iris example (measured), and it runs whenever enough objects have outlived the younger
-collections: under load, every few seconds, and every request in flight waits for it. Once the
-resources have started, `gc.freeze()` moves every object there is into a generation no collection
-walks (a constant-time move), so a full collection walks only what was made since. One full
-collection runs first, so that garbage startup left (a loader's reference cycles) is freed, not
-kept: it costs the 85 ms once, at startup (less in a process that froze before: it walks only
-what was made since).
+collections: under load, every few seconds, and every request in flight waits for it. Once a
+host's resources have started (`freeze_startup`), one full collection frees what startup left
+behind and `gc.freeze()` moves every object there is into a generation no collection walks (a
+constant-time move): full collections then walk only what was made since.
 
-A released model (reload, unload, eviction, shutdown) must still be collected, reference cycles
-included: `collect()` unfreezes, collects everything and freezes what is left.
+The collector is the process's: a freeze holds for every object, whoever made it. So a release
+(reload, unload, a pool's eviction, shutdown) collects with the frozen objects included
+(`collect()`: unfreeze, collect, freeze what is left, so the version now serving is frozen
+too), and when the last host that froze stops (`thaw`), nothing is frozen any more. Meanwhile a
+reference cycle that forms among frozen objects waits for the next release, or the stop.
 """
 
 from __future__ import annotations
 
 import gc
+import threading
 
-__all__ = ["collect", "freeze_startup"]
+__all__ = ["collect", "freeze_startup", "thaw"]
 
-_frozen = False  # set once the host has frozen: collect() then unfreezes first
+_lock = threading.Lock()  # releases run on model threads and worker threads, startups on loops
+_holders = 0  # the hosts that froze and have not stopped
 
 
 def freeze_startup() -> None:
-    """Collect, then leave every object there is now out of later collections (after the resources
-    started)."""
-    global _frozen
-    gc.collect()
-    gc.freeze()
-    _frozen = True
+    """Collect, then leave every object there is now out of later collections (a host started)."""
+    global _holders
+    with _lock:
+        gc.collect()
+        gc.freeze()
+        _holders += 1
+
+
+def thaw() -> None:
+    """A host that froze has stopped: the last one to stop unfreezes."""
+    global _holders
+    with _lock:
+        _holders = max(_holders - 1, 0)
+        if _holders == 0:
+            gc.unfreeze()
 
 
 def collect() -> None:
-    """A full collection that includes what the host froze; what is left is frozen again."""
-    if not _frozen:
-        gc.collect()
-        return
-    gc.unfreeze()
-    try:
-        gc.collect()
-    finally:
-        gc.freeze()
+    """A full collection that includes what the hosts froze; what is left is frozen again."""
+    with _lock:
+        if _holders == 0:
+            gc.collect()
+            return
+        gc.unfreeze()
+        try:
+            gc.collect()
+        finally:
+            gc.freeze()

@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup
 
 from ._clock import deadline, wait_until
 from ._errors import ShutdownError, StartupError
-from ._gc import freeze_startup
+from ._gc import freeze_startup, thaw
 from ._types import State
 
 __all__ = ["Progress", "Resource", "ResourceStack"]
@@ -274,6 +274,7 @@ class ResourceStack:
     ) -> None:
         self.resources = list(resources)
         self.gc_freeze = gc_freeze
+        self._froze = False  # this stack froze the heap (_gc.py) and has not stopped since
         self._owner = owner
         self.startup_timeout_s = startup_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -318,8 +319,9 @@ class ResourceStack:
             except StartupError as exc:
                 await self._fail_startup(str(exc), None)
         self.progress.finish()
-        if self.gc_freeze:
+        if self.gc_freeze and self.resources and not self._froze:
             freeze_startup()  # full collections leave out what startup made (_gc.py)
+            self._froze = True
         return self.state
 
     def _merge(self, resource: Resource, value: Any) -> None:
@@ -368,5 +370,8 @@ class ResourceStack:
                 elif holder.exit_error is not None:
                     failures.append(f"resource {name!r} failed to shut down: {_describe(holder.exit_error)}")
         self.state = {}
+        if self._froze:
+            self._froze = False
+            thaw()
         if failures:
             raise ShutdownError("; ".join(failures))

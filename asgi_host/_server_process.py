@@ -163,7 +163,11 @@ class ServerProcess:
 def _listened_on(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        if sock.connect_ex(("127.0.0.1", port)) != 0:
+            return False
+        # A connect to a free port of the ephemeral range can, rarely, connect to itself (the
+        # kernel picked that very port as its source): that is no listener.
+        return bool(sock.getsockname() != sock.getpeername())
 
 
 def _descendants(pid: int) -> list[int]:

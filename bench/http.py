@@ -143,9 +143,11 @@ def main() -> None:
                 for c in args.connections:
                     names = list(apps)
                     for name in names[turn % len(names) :] + names[: turn % len(names)]:
-                        before = threads_cpu(processes[name][0].pid)
+                        pid = processes[name][0].pid
+                        before = threads_cpu(pid) if args.cpu else {}
                         result = wrk(processes[name][1], c, args.seconds, SCRIPT, "/predict")
-                        result.update(cpu_per_request(before, threads_cpu(processes[name][0].pid), result))
+                        if args.cpu:
+                            result.update(cpu_per_request(before, threads_cpu(pid), result))
                         results.setdefault((name, c), []).append(result)
         finally:
             for process, _ in processes.values():

@@ -70,9 +70,10 @@ async def in_process(
 ) -> float:
     """Seconds per POST of `body` to `path`, driven with raw ASGI messages one at a time.
 
-    `waiting`: every `receive()` waits for a turn of the loop before it answers, as granian's does
-    (its message is a future a Rust thread completes); else it answers at once, as uvicorn's and
-    hypercorn's do for a body that came with the headers.
+    `waiting`: every `receive()` waits for a turn of the loop before it answers, close to what
+    granian's does (its message is a future a Rust thread completes, which also wakes the loop from
+    that thread); else it answers at once, as uvicorn's and hypercorn's do for a body that came with
+    the headers.
     """
     sent_headers = [
         *(headers or [(b"content-type", content_type)]),

@@ -1,5 +1,6 @@
-"""`gc_freeze`: what startup made is left out of later full collections, and only after a startup
-that succeeded; a released model is still collected (tests/test_model.py, the cyclic module)."""
+"""`gc_freeze`: what startup made is left out of later full collections while the host runs, only
+after a startup that succeeded, and no longer once it stopped; a released model is still collected
+(tests/test_model.py, the cyclic module)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(autouse=True)
 def unfrozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     gc.unfreeze()
-    monkeypatch.setattr("asgi_host._gc._frozen", False)
+    monkeypatch.setattr("asgi_host._gc._holders", 0)
     yield
     gc.unfreeze()
 
@@ -44,6 +45,26 @@ async def test_startup_freezes_what_was_made_before_it_ended(gc_freeze: bool) ->
         assert walked_by_collections(before) is not gc_freeze
         assert walked_by_collections(made_at_startup[0]) is not gc_freeze
         assert walked_by_collections(after)
+    # Stopped: the process's collector is as it was.
+    assert gc.get_freeze_count() == 0
+    assert walked_by_collections(before)
+
+
+async def test_the_last_host_to_stop_unfreezes() -> None:
+    @asynccontextmanager
+    async def resource(host: object) -> AsyncIterator[dict[str, object]]:
+        yield {}
+
+    async with LifespanDriver(Host(resources=[resource])):
+        async with LifespanDriver(Host(resources=[resource])):
+            pass
+        assert gc.get_freeze_count() > 0  # the outer host still runs
+    assert gc.get_freeze_count() == 0
+
+
+async def test_a_host_with_nothing_to_load_freezes_nothing() -> None:
+    async with LifespanDriver(Host()):
+        assert gc.get_freeze_count() == 0
 
 
 async def test_garbage_that_startup_left_is_collected_not_frozen() -> None:
@@ -78,14 +99,15 @@ async def test_a_failed_startup_freezes_nothing() -> None:
     assert gc.get_freeze_count() == 0
 
 
-def test_collect_includes_what_was_frozen_and_freezes_again() -> None:
+def test_collect_includes_what_was_frozen_and_freezes_again(monkeypatch: pytest.MonkeyPatch) -> None:
     class Cycle:
         def __init__(self) -> None:
             self.me = self
 
     cycle = Cycle()
     ref = weakref.ref(cycle)
-    _gc.freeze_startup()
+    gc.freeze()  # as a host that froze does, without its collection first
+    monkeypatch.setattr("asgi_host._gc._holders", 1)
     del cycle
     gc.collect()
     assert ref() is not None  # frozen: a plain collection leaves it
