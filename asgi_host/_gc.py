@@ -4,9 +4,12 @@ A model server's heap is mostly what startup made (torch and the model: 176,000 
 Iris example, millions with a transformers model). Python's full collection walks all of it, 85 ms
 for the Iris example (measured), and it runs whenever enough objects have outlived the younger
 collections: under load, every few seconds, and every request in flight waits for it. Once a
-host's resources have started (`freeze_startup`), one full collection frees what startup left
-behind and `gc.freeze()` moves every object there is into a generation no collection walks (a
-constant-time move): full collections then walk only what was made since.
+host's resources have started (`freeze_startup`), a collection of the young generations frees the
+garbage startup just left (cheap; a full one would cost those 85 ms at every startup, and a test
+process starts hosts by the hundred) and `gc.freeze()` moves every object there is into a
+generation no collection walks (a constant-time move): full collections then walk only what was
+made since. Older garbage (cycles that outlived a collection during startup) is frozen with the
+rest, until the next release or the stop.
 
 The collector is the process's: a freeze holds for every object, whoever made it. So a release
 (reload, unload, a pool's eviction, shutdown) collects with the frozen objects included
@@ -22,15 +25,16 @@ import threading
 
 __all__ = ["collect", "freeze_startup", "thaw"]
 
-_lock = threading.Lock()  # releases run on model threads and worker threads, startups on loops
+_lock = threading.RLock()  # releases run on model and worker threads; a finalizer may re-enter
 _holders = 0  # the hosts that froze and have not stopped
 
 
 def freeze_startup() -> None:
-    """Collect, then leave every object there is now out of later collections (a host started)."""
+    """Collect the young, then leave every object there is now out of later collections (a host
+    started)."""
     global _holders
     with _lock:
-        gc.collect()
+        gc.collect(1)  # the young generations: what startup just left; a full one costs 85 ms+
         gc.freeze()
         _holders += 1
 
