@@ -9,13 +9,14 @@ garbage startup just left (cheap; a full one would cost those 85 ms at every sta
 process starts hosts by the hundred) and `gc.freeze()` moves every object there is into a
 generation no collection walks (a constant-time move): full collections then walk only what was
 made since. Older garbage (cycles that outlived a collection during startup) is frozen with the
-rest, until the next release or the stop.
+rest, until the next release that collects or until the last host that froze stops.
 
-The collector is the process's: a freeze holds for every object, whoever made it. So a release
-(reload, unload, a pool's eviction, shutdown) collects with the frozen objects included
-(`collect()`: unfreeze, collect, freeze what is left, so the version now serving is frozen
-too), and when the last host that froze stops (`thaw`), nothing is frozen any more. Meanwhile a
-reference cycle that forms among frozen objects waits for the next release, or the stop.
+The collector is the process's: a freeze holds for every object, whoever made it, and an unfreeze
+undoes a freeze of the user's own too. So a release that collects (CUDA, a compiled model, or a
+module a reference cycle still holds) includes the frozen objects (`collect()`: unfreeze, collect,
+freeze what is left, so the version now serving is frozen too), and when the last host that froze
+stops (`thaw`), nothing is frozen any more. Meanwhile a reference cycle that forms among frozen
+objects waits for the next release that collects, or for that stop.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def freeze_startup() -> None:
     """Collect the young, then leave every object there is now out of later collections (a host
     started)."""
     global _holders
-    with _lock:
-        gc.collect(1)  # the young generations: what startup just left; a full one costs 85 ms+
+    gc.collect(1)  # the young generations: what startup just left; a full one costs 85 ms+
+    with _lock:  # not held above: a finalizer the collection runs may wait for a release
         gc.freeze()
         _holders += 1
 

@@ -320,8 +320,8 @@ class ResourceStack:
                 await self._fail_startup(str(exc), None)
         self.progress.finish()
         if self.gc_freeze and self.resources and not self._froze:
+            self._froze = True  # first: stop() thaws whatever happens after this line
             freeze_startup()  # full collections leave out what startup made (_gc.py)
-            self._froze = True
         return self.state
 
     def _merge(self, resource: Resource, value: Any) -> None:
@@ -347,6 +347,17 @@ class ResourceStack:
         """Release entered resources in reverse order; try every one, then report all failures."""
         until = deadline(self.shutdown_timeout_s)
         failures: list[str] = []
+        try:
+            await self._release_all(until, failures)
+        finally:
+            if self._froze:
+                self._froze = False
+                thaw()
+        self.state = {}
+        if failures:
+            raise ShutdownError("; ".join(failures))
+
+    async def _release_all(self, until: float, failures: list[str]) -> None:
         # Shielded: the release must happen even if whoever awaits us is cancelled.
         with anyio.CancelScope(shield=True):
             while self._held:
@@ -369,9 +380,3 @@ class ResourceStack:
                     )
                 elif holder.exit_error is not None:
                     failures.append(f"resource {name!r} failed to shut down: {_describe(holder.exit_error)}")
-        self.state = {}
-        if self._froze:
-            self._froze = False
-            thaw()
-        if failures:
-            raise ShutdownError("; ".join(failures))
