@@ -319,7 +319,7 @@ class ResourceStack:
             except StartupError as exc:
                 await self._fail_startup(str(exc), None)
         self.progress.finish()
-        if self.gc_freeze and self.resources and not self._froze:
+        if self.gc_freeze and self.resources:  # start() runs only on a stopped stack
             self._froze = True  # first: stop() thaws whatever happens after this line
             freeze_startup()  # full collections leave out what startup made (_gc.py)
         return self.state

@@ -66,7 +66,7 @@ def wrk(port: int, connections: int, seconds: int, script: Path, path: str) -> d
         text=True,
         check=True,
     ).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "seconds": seconds}  # type: ignore[union-attr]
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
     for pct in ("50", "99"):
         match = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
         assert match, out
@@ -147,7 +147,8 @@ def main() -> None:
                         before = threads_cpu(pid) if args.cpu else {}
                         result = wrk(processes[name][1], c, args.seconds, SCRIPT, "/predict")
                         if args.cpu:
-                            result.update(cpu_per_request(before, threads_cpu(pid), result))
+                            requests = result["rps"] * args.seconds
+                            result.update(cpu_per_request(before, threads_cpu(pid), requests))
                         results.setdefault((name, c), []).append(result)
         finally:
             for process, _ in processes.values():
@@ -206,12 +207,10 @@ def threads_cpu(pid: int) -> dict[int, float]:
     return found
 
 
-def cpu_per_request(
-    before: dict[int, float], after: dict[int, float], result: dict[str, float]
-) -> dict[str, float]:
+def cpu_per_request(before: dict[int, float], after: dict[int, float], requests: float) -> dict[str, float]:
     """The busiest thread's CPU (the event loop's) and the other threads', in us per request."""
     used = sorted((seconds - before.get(tid, 0.0) for tid, seconds in after.items()), reverse=True) or [0.0]
-    requests = max(result["rps"] * result["seconds"], 1.0)
+    requests = max(requests, 1.0)
     return {"loop_us": used[0] / requests * 1e6, "other_us": sum(used[1:]) / requests * 1e6}
 
 

@@ -25,6 +25,13 @@ def unfrozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     gc.unfreeze()
 
 
+class Cycle:
+    """Garbage only a collection frees."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
 def walked_by_collections(obj: object) -> bool:
     return any(o is obj for o in gc.get_objects())
 
@@ -68,10 +75,6 @@ async def test_a_host_with_nothing_to_load_freezes_nothing() -> None:
 
 
 async def test_garbage_that_startup_left_is_collected_not_frozen() -> None:
-    class Cycle:
-        def __init__(self) -> None:
-            self.me = self
-
     left: list[weakref.ref[Cycle]] = []
 
     @asynccontextmanager
@@ -100,10 +103,6 @@ async def test_a_failed_startup_freezes_nothing() -> None:
 
 
 def test_collect_includes_what_was_frozen_and_freezes_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Cycle:
-        def __init__(self) -> None:
-            self.me = self
-
     cycle = Cycle()
     ref = weakref.ref(cycle)
     gc.freeze()  # as a host that froze does, without its collection first
