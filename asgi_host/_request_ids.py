@@ -98,8 +98,11 @@ def begin_request_id(scope: Scope) -> None:
     """Give the request its id (and trace id), in the scope and in the task's context."""
     context: RequestContext | None = scope.get(SCOPE_KEY)
     if context is None:
+        headers = scope.get("headers", ())
+        if type(headers) is not list:  # any iterable, as ASGI allows: kept, for the handler to read
+            headers = scope["headers"] = list(headers)
         given = parent = None
-        for name, value in scope.get("headers", ()):
+        for name, value in headers:
             if name == b"x-request-id":
                 given = value
             elif name == b"traceparent":

@@ -2,7 +2,8 @@
 
 The host never imports opentelemetry. It traces a request only when the application did (under
 `opentelemetry.instrumentation.asgi.OpenTelemetryMiddleware`, with a tracer provider set) and
-the request runs inside a span that records: otherwise the check is one dictionary look-up. The
+the request runs inside a span that records: otherwise the check is a dictionary look-up (two when
+opentelemetry is imported and its context is empty, as it is beside FastAPI, which imports it). The
 spans are made after the fact, in the request's own task, from times measured where the work ran
 (the batch loop, the model's thread), so they are children of the request's span whichever task
 or thread did the work:
@@ -34,7 +35,13 @@ T = TypeVar("T")
 def traced() -> bool:
     """Whether the current request's model work is traced: opentelemetry imported, a span recording."""
     trace = sys.modules.get("opentelemetry.trace")
-    return trace is not None and bool(trace.get_current_span().is_recording())
+    if trace is None:
+        return False
+    # An empty context holds no span: one look-up instead of the span's (FastAPI imports
+    # opentelemetry, so an app beside it would pay for the span's on every request).
+    if not sys.modules["opentelemetry.context"].get_current():
+        return False
+    return bool(trace.get_current_span().is_recording())
 
 
 class PassTimes:

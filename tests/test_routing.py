@@ -485,6 +485,33 @@ async def test_a_content_length_of_other_digits_is_not_a_500() -> None:
     assert answer.json() == {"length": 3}
 
 
+async def test_request_headers_by_lower_case_name_with_repeats_joined() -> None:
+    """A server's lower-case names, each once; an upper-case one; a repeated one; none at all."""
+    seen: list[dict[str, str]] = []
+
+    async def headers(request: Request) -> Response:
+        seen.append(dict(request.headers))
+        return Response()
+
+    host = Host(routes=[Route("/h", headers)])
+    scope = http_scope("GET", "/h")
+    for raw in (
+        [(b"accept", b"*/*"), (b"x-a", b"1")],
+        [(b"Accept", b"*/*"), (b"x-a", b"1")],
+        [(b"x-a", b"1"), (b"accept", b"*/*"), (b"X-A", b"2")],
+        (header for header in [(b"x-a", b"1"), (b"x-a", b"2")]),  # any iterable, as ASGI allows
+        [],
+    ):
+        await call(host, {**scope, "headers": raw}, [{"type": "http.request", "body": b""}])
+    assert seen == [
+        {"accept": "*/*", "x-a": "1"},
+        {"accept": "*/*", "x-a": "1"},
+        {"x-a": "1, 2", "accept": "*/*"},
+        {"x-a": "1, 2"},
+        {},
+    ]
+
+
 def test_on_trio_a_body_in_hypercorns_channel_is_read_with_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     """hypercorn's receive() on trio is a memory channel's: a body already there is read with no
     cancel scope (a timer costs ~14 us); one that has to be waited for, or never comes, is timed."""
