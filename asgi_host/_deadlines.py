@@ -10,6 +10,9 @@ tick after it (never before), and a wait costs a set insert and a discard.
 
 As with `asyncio.timeout`, the expiry cancels the waiting task; the waiter turns that cancel, and
 only that one (`Task.uncancel`), into its timeout. One registry per event loop, kept per thread.
+
+No deadline at all for a body that has arrived: the request steps the server's `receive()` once by
+hand, and only when that step suspends does it wait, under a deadline, for `Suspended`, the rest.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import asyncio
 import contextvars
 import math
 import threading
+from collections.abc import Coroutine, Generator
 from types import TracebackType
+from typing import Any
 
-__all__ = ["TICK_S", "deadline_after"]
+from ._types import Message
+
+__all__ = ["TICK_S", "Suspended", "deadline_after"]
 
 TICK_S = 0.05
 
@@ -98,3 +105,39 @@ def deadline_after(timeout_s: float) -> _Wait:
     if registry is None or registry.loop is not loop:
         registry = _local.registry = _Registry(loop)
     return _Wait(registry, timeout_s)
+
+
+class Suspended:
+    """A coroutine stepped once by hand that suspended: awaiting this runs it to its end.
+
+    What it yielded (the event loop's wait, an asyncio future) is passed up
+    first; then values and exceptions (a cancellation, a timeout) go back and
+    forth as `await` would have passed them.
+    """
+
+    __slots__ = ("_coroutine", "_yielded")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Message], yielded: Any) -> None:
+        self._coroutine = coroutine
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Message]:
+        coroutine, yielded = self._coroutine, self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:
+                try:
+                    yielded = coroutine.throw(exc)
+                except StopIteration as done:
+                    thrown_result: Message = done.value
+                    return thrown_result
+            else:
+                try:
+                    yielded = coroutine.send(sent)
+                except StopIteration as done:
+                    result: Message = done.value
+                    return result

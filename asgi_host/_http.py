@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import CoroutineType
 from typing import Any, Protocol, TypeVar
 
 import anyio
 import msgspec
 
-from ._deadlines import deadline_after
+from ._deadlines import Suspended, deadline_after
 from ._errors import ClientDisconnect, HTTPError
 from ._types import Message, Receive, Scope, Send, State
 
@@ -135,6 +135,7 @@ class Request:
         "_body",
         "_ended",
         "_headers",
+        "_raw",
         "_received",
         "body_timeout_s",
         "max_body_bytes",
@@ -158,6 +159,7 @@ class Request:
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self._headers: dict[str, str] | None = None
+        self._raw: dict[bytes, bytes] | None = None
         self._body: bytes | None = None
         self._ended = False  # the last body message (or a disconnect) has been received
         self._received = 0  # body bytes received so far
@@ -184,6 +186,19 @@ class Request:
             self._headers = headers
         return self._headers
 
+    def raw_header(self, name: bytes) -> bytes | None:
+        """The value `headers` has for `name` (lower-case), as bytes; None when there is none.
+
+        For a look-up or three, cheaper than `headers`: servers send each name once and in lower
+        case, and then the scope's list is read into a dict once, in C, with nothing decoded.
+        """
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = _by_name(self.scope.get("headers", ()))
+            if raw is None:  # a repeated or upper-case name: as `headers` joins them
+                raw = self._raw = {k.encode("latin-1"): v.encode("latin-1") for k, v in self.headers.items()}
+        return raw.get(name)
+
     async def body(self) -> bytes:
         """Read the whole body, refusing (413) past `max_body_bytes` without buffering more.
 
@@ -194,8 +209,9 @@ class Request:
         if self._body is not None:
             return self._body
         limit = self.max_body_bytes
-        declared = self.headers.get("content-length")
-        if limit is not None and declared is not None and _is_number(declared) and int(declared) > limit:
+        declared = self.raw_header(b"content-length")
+        # bytes.isdigit() is ASCII digits only (str's also takes "²", which int() refuses).
+        if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
         chunks: list[bytes] = []
         timeout_s = self.body_timeout_s
@@ -228,7 +244,7 @@ class Request:
         return self._body
 
     async def _read_eagerly_trio(
-        self, chunks: list[bytes], limit: int | None, timeout_s: float, declared: str | None
+        self, chunks: list[bytes], limit: int | None, timeout_s: float, declared: bytes | None
     ) -> None:
         """On trio under hypercorn: a body that has already arrived is read with no cancel scope.
 
@@ -270,15 +286,15 @@ class Request:
         except StopIteration as done:
             self._take(done.value, chunks, limit)
             return None, None
-        return _Suspended(receiving, yielded), yielded
+        return Suspended(receiving, yielded), yielded
 
-    def _too_slow(self, chunks: list[bytes], declared: str | None) -> HTTPError:
+    def _too_slow(self, chunks: list[bytes], declared: bytes | None) -> HTTPError:
         # A stalled client must not hold the request (and a slot of every limit) open.
         return HTTPError(
             408,
             f"the request body did not arrive within body_timeout_s={self.body_timeout_s} "
             f"({sum(map(len, chunks))} bytes received"
-            + (f" of {declared})" if declared is not None else ")"),
+            + (f" of {declared.decode('latin-1')})" if declared is not None else ")"),
             headers=[("connection", "close")],
         )
 
@@ -332,10 +348,10 @@ class Request:
         return answer
 
     def _declares_body(self) -> bool:
-        length = self.headers.get("content-length")
+        length = self.raw_header(b"content-length")
         if length is not None:
-            return not _is_number(length) or int(length) > 0
-        return "chunked" in self.headers.get("transfer-encoding", "").lower()
+            return not length.isdigit() or int(length) > 0
+        return b"chunked" in (self.raw_header(b"transfer-encoding") or b"").lower()
 
     async def discard_body(self, max_bytes: int, timeout_s: float) -> bool:
         """Read and drop what is left of the body, at most `max_bytes` within `timeout_s`.
@@ -347,8 +363,8 @@ class Request:
         """
         if self._ended or self._body is not None or not self._declares_body():
             return True
-        declared = self.headers.get("content-length", "")
-        if _is_number(declared) and int(declared) - self._received > max_bytes:
+        declared = self.raw_header(b"content-length") or b""
+        if declared.isdigit() and int(declared) - self._received > max_bytes:
             return False
         dropped = 0
         with anyio.move_on_after(timeout_s):
@@ -364,46 +380,24 @@ class Request:
         return False
 
 
+def _by_name(raw: Any) -> dict[bytes, bytes] | None:
+    """A scope's headers by name when each comes once and in lower case (as servers send them);
+    None otherwise (also for an iterable other than a list, which only `headers` reads)."""
+    if type(raw) is not list:
+        return None
+    try:
+        named = dict(raw)
+    except TypeError:  # names that are not bytes (bytearray)
+        return None
+    if len(named) != len(raw) or not b"".join(named).islower():
+        return None
+    return named
+
+
 def _is_memory_channel_receive(receive: Receive) -> bool:
     """Whether `receive` is a trio memory channel's `receive` (hypercorn's on trio)."""
     channel = getattr(receive, "__self__", None)
     return channel is not None and type(channel).__name__ == "MemoryReceiveChannel"
-
-
-class _Suspended:
-    """A coroutine stepped once by hand that suspended: awaiting this runs it to its end.
-
-    What it yielded (the event loop's wait, an asyncio future) is passed up
-    first; then values and exceptions (a cancellation, a timeout) go back and
-    forth as `await` would have passed them.
-    """
-
-    __slots__ = ("_coroutine", "_yielded")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, Message], yielded: Any) -> None:
-        self._coroutine = coroutine
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, Message]:
-        coroutine, yielded = self._coroutine, self._yielded
-        while True:
-            try:
-                sent = yield yielded
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as exc:
-                try:
-                    yielded = coroutine.throw(exc)
-                except StopIteration as done:
-                    thrown_result: Message = done.value
-                    return thrown_result
-            else:
-                try:
-                    yielded = coroutine.send(sent)
-                except StopIteration as done:
-                    result: Message = done.value
-                    return result
 
 
 # After an error answered before the body was read: how much of the rest is read and dropped.
@@ -430,11 +424,6 @@ async def settle_body(response: _Answer, request: Request) -> None:
         and not await request.discard_body(DISCARD_BODY_BYTES, DISCARD_BODY_S)
     ):
         response.headers.append((b"connection", b"close"))
-
-
-def _is_number(text: str) -> bool:
-    """ASCII digits only: `str.isdigit()` alone takes "²", which `int()` refuses."""
-    return text.isascii() and text.isdigit()
 
 
 def _too_large(limit: int) -> HTTPError:

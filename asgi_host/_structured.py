@@ -22,7 +22,7 @@ __all__ = ["StructEndpoint"]
 T = TypeVar("T")
 
 JSON = "application/json"
-_PLAIN_JSON = (JSON, None)  # a content type that needs no parsing to mean JSON
+_PLAIN_JSON = (b"application/json", None)  # a content type that needs no parsing to mean JSON
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 
 _json_encoder = msgspec.json.Encoder()
@@ -87,10 +87,10 @@ class StructEndpoint(Generic[T]):
         self._msgpack_decoder = msgspec.msgpack.Decoder(request_type)
 
     async def __call__(self, request: Request) -> Response | EventStream:
-        headers = request.headers
-        content_type = headers.get("content-type")
+        content_type = request.raw_header(b"content-type")
         decode = self._json_decoder.decode if content_type in _PLAIN_JSON else self._decoder_for(content_type)
-        accept = headers.get("accept")
+        raw_accept = request.raw_header(b"accept")
+        accept = None if raw_accept is None else raw_accept.decode("latin-1")
         if self.max_body_bytes is not None:
             request.max_body_bytes = self.max_body_bytes
         body = await request.body()
@@ -105,8 +105,8 @@ class StructEndpoint(Generic[T]):
             return Response.raw(_json_encoder.encode(result), _HEADERS[JSON])
         return encode(result, response_media_type(accept))
 
-    def _decoder_for(self, content_type: str | None) -> Callable[[bytes], T]:
-        given = media_type(content_type)
+    def _decoder_for(self, content_type: bytes | None) -> Callable[[bytes], T]:
+        given = media_type(None if content_type is None else content_type.decode("latin-1"))
         if given == JSON:
             return self._json_decoder.decode
         if given in MSGPACK_TYPES:

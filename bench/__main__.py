@@ -19,6 +19,7 @@ python -m bench abandon [args]        # work for clients that left: MiniLM unbat
 python -m bench context [args]        # request ids, the access log, tracing: their cost per request
 python -m bench buckets [args]        # bucketed batch shapes against one per size, compiled (CPU)
 python -m bench gc [args]             # garbage collection under load, gc_freeze on and off (needs wrk)
+python -m bench footprint [args]      # the host's code beside the model's work: what each costs the other
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ COMMANDS = {
     "context": "bench.request_context",
     "buckets": "bench.buckets",
     "gc": "bench.gc_pauses",
+    "footprint": "bench.footprint",
 }
 
 QUICK = [

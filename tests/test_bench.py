@@ -33,6 +33,13 @@ def test_predict_in_process() -> None:
     assert "bare ASGI constant" in out
 
 
+def test_footprint_short() -> None:
+    out = bench("footprint", "-n", "100", "--rounds", "2")
+    assert "| floor after the host's constant route |" in out
+    assert "| host, StructEndpoint echo |" in out
+    assert "the same work running slower inside the host" in out
+
+
 def test_reload_iris() -> None:
     out = bench("reload", "--models", "iris", "--reloads", "1", "--clients", "2")
     assert "| iris | 0 |" in out
