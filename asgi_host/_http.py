@@ -189,8 +189,9 @@ class Request:
     def raw_header(self, name: bytes) -> bytes | None:
         """The value `headers` has for `name` (lower-case), as bytes; None when there is none.
 
-        For a look-up or three, cheaper than `headers`: servers send each name once and in lower
-        case, and then the scope's list is read into a dict once, in C, with nothing decoded.
+        Servers send each name once and in lower case, and then the scope's list is read into a dict
+        once, in C, with nothing decoded: with the five or more headers clients send, cheaper than
+        building `headers` (with two, about the same).
         """
         raw = self._raw
         if raw is None:
@@ -389,7 +390,8 @@ def _by_name(raw: Any) -> dict[bytes, bytes] | None:
         named = dict(raw)
     except TypeError:  # names that are not bytes (bytearray)
         return None
-    if len(named) != len(raw) or not b"".join(named).islower():
+    names = b"".join(named)
+    if len(named) != len(raw) or not (names.isascii() and names.islower()):
         return None
     return named
 

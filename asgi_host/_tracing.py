@@ -2,11 +2,11 @@
 
 The host never imports opentelemetry. It traces a request only when the application did (under
 `opentelemetry.instrumentation.asgi.OpenTelemetryMiddleware`, with a tracer provider set) and
-the request runs inside a span that records: otherwise the check is a dictionary look-up (two when
-opentelemetry is imported and its context is empty, as it is beside FastAPI, which imports it). The
-spans are made after the fact, in the request's own task, from times measured where the work ran
-(the batch loop, the model's thread), so they are children of the request's span whichever task
-or thread did the work:
+the request runs inside a span that records: otherwise the check is a dictionary look-up, and,
+when opentelemetry is imported (FastAPI imports it), a read of its context, which is empty when
+no span is current. The spans are made after the fact, in the request's own task, from times
+measured where the work ran (the batch loop, the model's thread), so they are children of the
+request's span whichever task or thread did the work:
 
 - `asgi_host.queue_wait`: from the request handing its rows over to its pass starting (waiting
   for the model's thread, or in the batcher's queue);
@@ -39,7 +39,8 @@ def traced() -> bool:
         return False
     # An empty context holds no span: one look-up instead of the span's (FastAPI imports
     # opentelemetry, so an app beside it would pay for the span's on every request).
-    if not sys.modules["opentelemetry.context"].get_current():
+    context = sys.modules.get("opentelemetry.context")
+    if context is not None and not context.get_current():
         return False
     return bool(trace.get_current_span().is_recording())
 

@@ -12,6 +12,9 @@ shows both each app's time per request and how long the very same model work too
   handle, no classifier checks: the host's own layers and nothing else).
 - `floor after the host's constant route`: the floor, which first lets a `Host` answer the same
   request on a route that returns a constant (the host's code runs, then the same work).
+- `the Iris example`: `examples.app` as served (`Classifier`, `Rows`, the model's handle, metrics
+  on), whose model work is its own: its total against the floor's, for the layers below the
+  endpoint.
 
 Then, with no model work anywhere: a raw ASGI app that decodes the body and encodes an answer of
 its rows, a `Host` route that returns a constant, and a `StructEndpoint` that does what the raw app
@@ -38,8 +41,8 @@ import torch
 
 from asgi_host import Host, Request, Response, Route, StructEndpoint
 from asgi_host.types import Receive, Scope, Send
-from bench.peers import load_iris
 from bench.predict import ONE_ROW, in_process, running
+from examples.app import IrisConfig, make_app
 from examples.iris import LABELS
 
 
@@ -53,6 +56,7 @@ class Answer(msgspec.Struct):
 
 
 MODEL: list[torch.nn.Module] = []
+WARMUP = 200  # requests before each measurement: their work's times are left out
 WORK_NS: dict[str, list[int]] = {}  # app -> the work's nanoseconds, one per request
 
 
@@ -122,10 +126,14 @@ async def floor_after_the_host(scope: Scope, receive: Receive, send: Send) -> No
     async def again() -> Any:
         return message
 
-    async def drop(_: Any) -> None:
-        pass
+    statuses: list[int] = []
+
+    async def drop(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
 
     await constant_host(dict(scope), again, drop)
+    assert statuses == [200], statuses  # its route, not a refusal: the host has started
     name = "floor after the host's constant route"
     await answer(send, _encode(work(_decode(message["body"]).inputs, name)))
 
@@ -143,6 +151,8 @@ WITH_WORK = {
     "host": Host(routes=[post("/predict", StructEndpoint(host_work, Inputs))], gc_freeze=False),
     "floor after the host's constant route": floor_after_the_host,
 }
+# The whole example, for the layers below the endpoint: its model work is its own, not `work`.
+EXAMPLE = {"the Iris example (Classifier, Rows, handle, metrics)": make_app(IrisConfig())}
 ALONE = {
     "raw ASGI echo": raw_echo,
     "host, a constant route": constant_host,
@@ -154,7 +164,9 @@ ALONE = {
 
 async def measure(n: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Seconds per request of each app per round, and the median of its work's seconds per round."""
-    apps = {**WITH_WORK, **ALONE}
+    from bench.peers import load_iris  # here: peers imports FastAPI, and FastAPI opentelemetry
+
+    apps = {**WITH_WORK, **EXAMPLE, **ALONE}
     totals: dict[str, list[float]] = {name: [] for name in apps}
     works: dict[str, list[float]] = {name: [] for name in WITH_WORK}
     MODEL.append(load_iris())
@@ -166,10 +178,10 @@ async def measure(n: int, rounds: int) -> tuple[dict[str, list[float]], dict[str
             for name in names[shift:] + names[:shift]:
                 WORK_NS[name] = []
                 totals[name].append(
-                    await in_process(apps[name], states[name], ONE_ROW, b"application/json", n)
+                    await in_process(apps[name], states[name], ONE_ROW, b"application/json", n, warmup=WARMUP)
                 )
                 if name in works:
-                    works[name].append(statistics.median(WORK_NS[name]) / 1e9)
+                    works[name].append(statistics.median(WORK_NS[name][WARMUP:]) / 1e9)
     return totals, works
 
 
@@ -195,6 +207,9 @@ def main() -> None:
             f"| {name} | {us(statistics.median(totals[name]))} | {us(statistics.median(works[name]))} "
             f"| {ratio:.2f}x | {work_ratio:.2f}x |"
         )
+    for name in EXAMPLE:
+        ratio = statistics.median(a / b for a, b in zip(totals[name], floor_total, strict=True))
+        print(f"| {name} | {us(statistics.median(totals[name]))} | - | {ratio:.2f}x | - |")
     print()
     print("| alone, no model work | us/request | over the raw echo, us |")
     print("|---|---|---|")

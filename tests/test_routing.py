@@ -492,7 +492,8 @@ async def test_request_headers_by_lower_case_name_with_repeats_joined() -> None:
     looked_up: list[dict[str, bytes | None]] = []
 
     async def headers(request: Request) -> Response:
-        looked_up.append({name: request.raw_header(name.encode()) for name in ("accept", "x-a", "x-b")})
+        names = ("accept", "x-a", "x-b", "x-\xe0")
+        looked_up.append({name: request.raw_header(name.encode("latin-1")) for name in names})
         seen.append(dict(request.headers))
         return Response()
 
@@ -503,6 +504,7 @@ async def test_request_headers_by_lower_case_name_with_repeats_joined() -> None:
         [(b"Accept", b"*/*"), (b"x-a", b"1")],
         [(b"x-a", b"1"), (b"accept", b"*/*"), (b"X-A", b"2")],
         (header for header in [(b"x-a", b"1"), (b"x-a", b"2")]),  # any iterable, as ASGI allows
+        [(b"x-\xc0", b"1")],  # upper case beyond ASCII (latin-1 "À"): lower-cased as `headers` does
         [],
     ):
         await call(host, {**scope, "headers": raw}, [{"type": "http.request", "body": b""}])
@@ -511,10 +513,13 @@ async def test_request_headers_by_lower_case_name_with_repeats_joined() -> None:
         {"accept": "*/*", "x-a": "1"},
         {"x-a": "1, 2", "accept": "*/*"},
         {"x-a": "1, 2"},
+        {"x-\xe0": "1"},
         {},
     ]
     for by_name, joined in zip(looked_up, seen, strict=True):
-        assert by_name == {name: joined[name].encode() if name in joined else None for name in by_name}
+        assert by_name == {
+            name: joined[name].encode("latin-1") if name in joined else None for name in by_name
+        }
 
 
 def test_on_trio_a_body_in_hypercorns_channel_is_read_with_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
