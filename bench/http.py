@@ -1,4 +1,4 @@
-"""Requests/s and latency over HTTP: asgi_host vs the work floor and FastAPI, under three servers.
+"""Requests/s and latency over HTTP: asgi_host vs the work floor, FastAPI and Litestar, under three servers.
 
     python -m bench.http                         # -c 1 32, 6 s per cell
     python -m bench.http -c 1 8 32 64 -d 10 --servers hypercorn uvicorn
@@ -9,7 +9,8 @@ wrk (Debian: `apt-get install wrk`) with one JSON Iris row per request. Apps:
 the work floor (`bench.peers:floor_app`: the least an app can do for the same
 answer), asgi_host as shipped (`examples.app:app`: execution="auto", metrics
 on) and with `IRIS_EXECUTION=thread`, FastAPI written the way its docs teach
-(`bench.peers:fastapi_app`) and a bare ASGI app answering a constant
+(`bench.peers:fastapi_app`), Litestar as its docs teach (`bench.peers:litestar_app`: msgspec
+Structs, the model run inline in an `async` handler) and a bare ASGI app answering a constant
 (`bench.peers:bare_app`); with `--checked`, also the floor plus the host's checks in one function
 (`bench.peers:checked_floor_app`).
 
@@ -43,6 +44,7 @@ APPS: dict[str, tuple[str, dict[str, str]]] = {
     "asgi_host": ("examples.app:app", {"IRIS_METRICS": "true"}),
     "asgi_host thread": ("examples.app:app", {"IRIS_EXECUTION": "thread", "IRIS_METRICS": "true"}),
     "FastAPI": ("bench.peers:fastapi_app", {}),
+    "Litestar": ("bench.peers:litestar_app", {}),
     "bare": ("bench.peers:bare_app", {}),
 }
 CHECKED: dict[str, tuple[str, dict[str, str]]] = {
@@ -116,7 +118,9 @@ def serve(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="asgi_host vs the work floor and FastAPI over HTTP (wrk)")
+    parser = argparse.ArgumentParser(
+        description="asgi_host vs the work floor, FastAPI and Litestar over HTTP (wrk)"
+    )
     parser.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 32, 64])
     parser.add_argument("-d", "--seconds", type=int, default=6)
     parser.add_argument("--servers", nargs="+", default=["hypercorn", "uvicorn", "granian"])
@@ -130,8 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     apps = {**APPS, **(CHECKED if args.checked else {})}
     ports = free_ports(len(apps)) if args.port is None else [args.port + i for i in range(len(apps))]
-    print("| server | clients | app | req/s | p50 ms | p99 ms | / work floor | / FastAPI |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| server | clients | app | req/s | p50 ms | p99 ms | / work floor | / FastAPI | / Litestar |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for server in args.servers:
         processes: dict[str, tuple[ServerProcess, int]] = {}
         results: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -154,10 +158,14 @@ def main() -> None:
             for process, _ in processes.values():
                 process.stop()
         for c in args.connections:
-            floor, fastapi = results["work floor", c], results["FastAPI", c]
+            floor, fastapi, litestar = (results[name, c] for name in ("work floor", "FastAPI", "Litestar"))
             for name in apps:
                 runs = results[name, c]
-                extra = f"{_ratio(runs, fastapi):.2f}x" if name.startswith("asgi_host") else ""
+                extra = (
+                    f"{_ratio(runs, fastapi):.2f}x | {_ratio(runs, litestar):.2f}x"
+                    if name.startswith("asgi_host")
+                    else " |"
+                )
                 rps, p50, p99 = (_median(runs, key) for key in ("rps", "p50_ms", "p99_ms"))
                 print(
                     f"| {server} | {c} | {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | "
@@ -182,7 +190,7 @@ def main() -> None:
                 r = wrk(ports[0], c, args.seconds, SCRIPT, "/predict")
                 print(
                     f"| litserve (its uvicorn) | {c} | LitServe | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-                    f"{r['p99_ms']:.2f} | | |"
+                    f"{r['p99_ms']:.2f} | | | |"
                 )
         finally:
             # LitServe forks workers that leave the process group: stop() ends them too, by PID.

@@ -14,6 +14,9 @@
 - `fastapi_app`: written the way the FastAPI docs teach (a lifespan that fills a
   dict with the model, a pydantic request body, a sync `def` endpoint, which
   FastAPI runs in its thread pool), returning the same JSON.
+- `litestar_app`: Litestar, msgspec-native, written as its docs teach (a lifespan that puts the
+  model in `app.state`, msgspec Structs in and out, an `async` handler that runs the model inline,
+  as the floor does), returning the same JSON.
 - `bare_app`: a raw ASGI app that answers every request with a constant body:
   what any app costs before doing work.
 """
@@ -30,6 +33,8 @@ from typing import Annotated, Any
 import msgspec
 import torch
 from fastapi import FastAPI
+from litestar import Litestar, post
+from litestar.datastructures import State
 from pydantic import BaseModel
 
 from asgi_host.model import TorchModel
@@ -193,6 +198,26 @@ def predict(body: PredictBody) -> dict[str, Any]:
         "outputs": probabilities.tolist(),
         "labels": [LABELS[i] for i in probabilities.argmax(dim=-1).tolist()],
     }
+
+
+# ---- Litestar, as its docs teach --------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def litestar_lifespan(app: Litestar) -> AsyncIterator[None]:
+    app.state.iris = load_iris()
+    yield
+    del app.state.iris
+
+
+@post("/predict", status_code=200)  # Litestar answers a POST with 201 unless told
+async def litestar_predict(data: _Inputs, state: State) -> _Answer:
+    with torch.inference_mode():
+        probabilities = torch.softmax(state.iris(torch.tensor(data.inputs)), dim=-1)
+    return _Answer(probabilities.tolist(), [LABELS[i] for i in probabilities.argmax(dim=-1).tolist()])
+
+
+litestar_app = Litestar(route_handlers=[litestar_predict], lifespan=[litestar_lifespan])
 
 
 # ---- a constant ---------------------------------------------------------------------------------

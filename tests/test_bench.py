@@ -29,6 +29,7 @@ def test_help_lists_the_benchmarks() -> None:
 def test_predict_in_process() -> None:
     out = bench("predict", "--no-http", "-n", "50")
     assert "FastAPI / default" in out
+    assert "Litestar / default" in out
     assert "| work floor |" in out
     assert "bare ASGI constant" in out
 
@@ -98,6 +99,7 @@ def test_http_comparison_one_server() -> None:
     out = bench("http", "-c", "2", "-d", "1", "--servers", "uvicorn", "--rounds", "2", "--checked", "--cpu")
     assert "| uvicorn | 2 | asgi_host |" in out
     assert "| uvicorn | 2 | FastAPI |" in out
+    assert "| uvicorn | 2 | Litestar |" in out
     assert "| uvicorn | 2 | work floor + the host's checks |" in out
     assert "busiest thread (the loop's), us CPU a request" in out
 
@@ -180,6 +182,8 @@ async def main() -> None:
     async with (
         LifespanDriver(make_app(IrisConfig(metrics=False))) as host,
         LifespanDriver(peers.checked_floor_app) as checked,
+        LifespanDriver(peers.litestar_app) as litestar,
+        LifespanDriver(peers.fastapi_app) as fastapi,
     ):
         for kwargs, headers in CASES:
             ours = await host.request("POST", "/predict", headers=headers, **kwargs)
@@ -189,6 +193,9 @@ async def main() -> None:
             if ours.status == 200:
                 assert floor.json() == ours.json()
                 assert floor.header("x-model-version") and ours.header("x-model-version")
+                for peer in (litestar, fastapi):  # the frameworks the host is compared with: the same answer
+                    answer = await peer.request("POST", "/predict", headers=headers, **kwargs)
+                    assert (answer.status, answer.json()) == (200, ours.json()), answer.body
             print(ours.status)
 
 
@@ -198,7 +205,8 @@ anyio.run(main)
 
 def test_the_checked_floor_answers_as_the_host_does() -> None:
     """bench.peers' floor with the host's checks, which the request path's figures are read against,
-    gives the host's answer and refuses what the host refuses, with the same statuses."""
+    gives the host's answer and refuses what the host refuses, with the same statuses; Litestar and
+    FastAPI, as the benchmarks write them, give the host's answer."""
     result = subprocess.run(
         [sys.executable, "-c", CHECKED_FLOOR_AGAINST_THE_HOST],
         cwd=ROOT,
