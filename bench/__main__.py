@@ -1,7 +1,7 @@
 """`python -m bench`: run the benchmarks (by hand; numbers go to docs/benchmarks.md).
 
 python -m bench quick                 # every benchmark, short, in about 2 minutes on 2 cores
-python -m bench predict [args]        # in-process and HTTP cost of /predict vs FastAPI and the floor
+python -m bench predict [args]        # in-process and HTTP cost of /predict vs the floor, FastAPI, Litestar
 python -m bench batching [args]       # batching off vs on under hypercorn (needs wrk)
 python -m bench startup [args]        # time to ready vs weights size
 python -m bench ray [args]            # Iris on Ray Serve, 1 vs 2 replicas (needs the ray extra and wrk)

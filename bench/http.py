@@ -134,9 +134,9 @@ def main() -> None:
     args = parser.parse_args()
     apps = {**APPS, **(CHECKED if args.checked else {})}
     ports = free_ports(len(apps)) if args.port is None else [args.port + i for i in range(len(apps))]
-    print("| server | clients | app | req/s | p50 ms | p99 ms | / work floor | / FastAPI | / Litestar |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for server in args.servers:
+    for index, server in enumerate(args.servers):
+        if index == 0 or args.cpu:  # after a CPU table, the next server's rows start a table again
+            print_header()
         processes: dict[str, tuple[ServerProcess, int]] = {}
         results: dict[tuple[str, int], list[dict[str, float]]] = {}
         try:
@@ -183,6 +183,8 @@ def main() -> None:
                     print(f"| {server} | {c} | {name} | {loop:.1f} | {other:.1f} |", flush=True)
             print()
     if args.litserve:
+        if args.cpu:
+            print_header()
         process = serve("litserve", "", ports[0])
         try:
             wrk(ports[0], 8, 2, SCRIPT, "/predict")  # warm up
@@ -195,6 +197,11 @@ def main() -> None:
         finally:
             # LitServe forks workers that leave the process group: stop() ends them too, by PID.
             process.stop()
+
+
+def print_header() -> None:
+    print("| server | clients | app | req/s | p50 ms | p99 ms | / work floor | / FastAPI | / Litestar |")
+    print("|---|---|---|---|---|---|---|---|---|")
 
 
 def threads_cpu(pid: int) -> dict[int, float]:

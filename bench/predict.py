@@ -6,8 +6,9 @@
 In-process drives the ASGI app with raw messages in one event loop (no test-kit
 checks, no server), so it measures the host's own cost: routing, body reading,
 msgspec decode/validate/encode, the worker-thread hop and the forward pass.
-Over HTTP, one keep-alive client sends requests one after another to
-`hypercorn examples.app:app` and reports latency percentiles.
+In process, the same answer from the work floor, the floor with the host's checks, FastAPI and
+Litestar (`bench.peers`) is measured beside it. Over HTTP, one keep-alive client sends requests
+one after another to `hypercorn examples.app:app` and reports latency percentiles.
 """
 
 from __future__ import annotations
