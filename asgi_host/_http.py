@@ -211,8 +211,8 @@ class Request:
             return self._body
         limit = self.max_body_bytes
         declared = self.raw_header(b"content-length")
-        # bytes.isdigit() is ASCII digits only (str's also takes "²", which int() refuses).
-        if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
+        length = _length(declared)
+        if limit is not None and length is not None and length > limit:
             raise _too_large(limit)
         chunks: list[bytes] = []
         timeout_s = self.body_timeout_s
@@ -349,9 +349,10 @@ class Request:
         return answer
 
     def _declares_body(self) -> bool:
-        length = self.raw_header(b"content-length")
-        if length is not None:
-            return not length.isdigit() or int(length) > 0
+        declared = self.raw_header(b"content-length")
+        if declared is not None:
+            length = _length(declared)
+            return length is None or length > 0
         return b"chunked" in (self.raw_header(b"transfer-encoding") or b"").lower()
 
     async def discard_body(self, max_bytes: int, timeout_s: float) -> bool:
@@ -364,8 +365,8 @@ class Request:
         """
         if self._ended or self._body is not None or not self._declares_body():
             return True
-        declared = self.raw_header(b"content-length") or b""
-        if declared.isdigit() and int(declared) - self._received > max_bytes:
+        length = _length(self.raw_header(b"content-length"))
+        if length is not None and length - self._received > max_bytes:
             return False
         dropped = 0
         with anyio.move_on_after(timeout_s):
@@ -426,6 +427,12 @@ async def settle_body(response: _Answer, request: Request) -> None:
         and not await request.discard_body(DISCARD_BODY_BYTES, DISCARD_BODY_S)
     ):
         response.headers.append((b"connection", b"close"))
+
+
+def _length(declared: bytes | None) -> int | None:
+    """A `content-length` value as a number, None when absent or not ASCII digits only (bytes'
+    `isdigit()` takes ASCII digits only; str's would also take "²", which `int()` refuses)."""
+    return int(declared) if declared is not None and declared.isdigit() else None
 
 
 def _too_large(limit: int) -> HTTPError:
