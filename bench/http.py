@@ -9,8 +9,8 @@ wrk (Debian: `apt-get install wrk`) with one JSON Iris row per request. Apps:
 the work floor (`bench.peers:floor_app`: the least an app can do for the same
 answer), asgi_host as shipped (`examples.app:app`: execution="auto", metrics
 on) and with `IRIS_EXECUTION=thread`, FastAPI written the way its docs teach
-(`bench.peers:fastapi_app`), Litestar as its docs teach (`bench.peers:litestar_app`: msgspec
-Structs, the model run inline in an `async` handler) and a bare ASGI app answering a constant
+(`bench.peers:fastapi_app`), Litestar in its fastest idiomatic form (`bench.peers:litestar_app`:
+msgspec Structs, the model run inline in an `async` handler) and a bare ASGI app answering a constant
 (`bench.peers:bare_app`); with `--checked`, also the floor plus the host's checks in one function
 (`bench.peers:checked_floor_app`).
 

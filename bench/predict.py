@@ -167,7 +167,7 @@ def in_process_apps() -> dict[str, tuple[Any, bytes, bytes, int]]:
         "asgi_host msgpack, 1 row": (iris(metrics=False), packed, msgpack, 10),
         "asgi_host json, 150 rows": (iris(metrics=False), batch, json, 1),
         "FastAPI, as its docs teach": (peers.fastapi_app, one, json, 10),
-        "Litestar, as its docs teach": (peers.litestar_app, one, json, 10),
+        "Litestar, async handler, model inline": (peers.litestar_app, one, json, 10),
         "bare ASGI constant": (peers.bare_app, one, json, 10),
     }
 
@@ -298,7 +298,7 @@ def main() -> None:
         )
         lone = difference_us(results, "asgi_host batching on, 1 client", off)
         fastapi = against(results, "FastAPI, as its docs teach", ours)
-        litestar = against(results, "Litestar, as its docs teach", ours)
+        litestar = against(results, "Litestar, async handler, model inline", ours)
         print(
             f"\n{backend} (medians of the rounds): default / floor {against(results, ours, floor):.2f}x; "
             f"FastAPI / default {fastapi:.2f}x; Litestar / default {litestar:.2f}x; "
