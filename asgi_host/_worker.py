@@ -18,7 +18,9 @@ A job its caller gave up on (`abandon_on_cancel`: a load past the startup timeou
 a job runs: the threads are daemons, and a daemon thread still inside torch's C++ code when the
 interpreter finalizes aborts the process (SIGABRT, "terminate called without an active
 exception", or a SIGSEGV) instead of exiting with the server's code. So at exit, before
-finalizing, the interpreter waits for every job that is running (`_finish_running_jobs`).
+finalizing, the interpreter waits for every job that is running, then ends every thread and joins
+it (`_finish_running_jobs`): a thread that ends while the interpreter finalizes frees its last
+job's tensors there, which aborts the process the same way.
 """
 
 from __future__ import annotations
@@ -56,17 +58,26 @@ def abandoned() -> bool:
 
 def _finish_running_jobs(live: Iterable[PassThreads] | None = None) -> None:
     """At interpreter exit (before finalization): skip the jobs still queued, mark every running job
-    abandoned and wait for each (of `live`, default every `PassThreads` of the process)."""
+    abandoned and wait for each, then end every thread and join it (of `live`, default every
+    `PassThreads` of the process).
+
+    The join matters as much as the wait: a thread that ends frees what its last job left (an
+    abandoned load's model), and a tensor freed while the interpreter finalizes aborts the process
+    (torch gives up the GIL to free it and cannot take it back)."""
     running: list[tuple[threading.Event, threading.Event]] = []
-    for threads in list(_live if live is None else live):
+    every = list(_live if live is None else live)
+    for threads in every:
         with threads._lock:
             threads._exiting = True  # jobs still queued are skipped
             running += threads.running.values()
+        threads.stop()
     for flag, done in running:
         flag.set()
         if not done.is_set():
             logger.warning("waiting for a model's thread to finish what it is doing before exiting")
             done.wait()
+    for threads in every:
+        threads.join()
 
 
 # Run by `threading._shutdown`, before non-daemon threads are joined and before the interpreter
@@ -197,6 +208,7 @@ class PassThreads:
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
             job()
+            del job  # nothing of a finished job (its result: a model) is held while the thread waits
 
 
 async def _wait_or_withdraw(done: anyio.Event, claim: list[bool]) -> None:

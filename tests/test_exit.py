@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -69,9 +70,31 @@ def test_at_exit_running_jobs_are_waited_for_and_queued_ones_skipped() -> None:
     release.set()
     exiting.join(10)
     assert not exiting.is_alive()
-    threads.stop()
-    threads.join(10)
     assert ran == ["first"]  # the queued job never started
+    assert not [t for t in threading.enumerate() if t.name.startswith("test-exit")]  # joined
+
+
+def test_at_exit_every_thread_ends_before_finalizing() -> None:
+    # An abandoned load's model is freed by the thread that loaded it as that thread ends: when it
+    # ended while the interpreter finalized, freeing the tensors aborted the process (about one
+    # exit in ten, "terminate called without an active exception"). So every thread is joined.
+    threads = PassThreads(2, "test-exit-ends")
+    started = threading.Event()
+
+    def load() -> None:
+        started.set()
+        time.sleep(0.2)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: threads.run(load, abandon_on_cancel=True))
+            await anyio.to_thread.run_sync(started.wait, 10)
+            tg.cancel_scope.cancel()  # the caller gives up; the load runs on
+
+    anyio.run(main)
+    assert len([t for t in threading.enumerate() if t.name.startswith("test-exit-ends")]) == 2
+    _worker._finish_running_jobs([threads])
+    assert not [t for t in threading.enumerate() if t.name.startswith("test-exit-ends")]
 
 
 SCRIPT = textwrap.dedent(
@@ -119,11 +142,6 @@ def test_a_startup_given_up_mid_compile_exits_with_its_own_code(tmp_path: Path) 
     env = {
         "PYTHONPATH": str(ROOT),
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),  # cold: the compile takes seconds
-        # The compile in the model's thread itself, with no pool of compile workers: what is checked
-        # is the host's exit. Inductor's pool has daemon threads of its own (a pipe reader, a quiesce
-        # timer) that its atexit shutdown does not join; one CI run in about ten aborted with
-        # "terminate called without an active exception" after the model's thread had finished.
-        "TORCHINDUCTOR_COMPILE_THREADS": "1",
     }
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "compiling")],
