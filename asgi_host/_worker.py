@@ -19,14 +19,16 @@ a job runs: the threads are daemons, and a daemon thread still inside torch's C+
 interpreter finalizes aborts the process (SIGABRT, "terminate called without an active
 exception", or a SIGSEGV) instead of exiting with the server's code. So at exit, before
 finalizing, the interpreter waits for every job that is running, then ends every thread and joins
-it (`_finish_running_jobs`): a thread that ends while the interpreter finalizes frees its last
-job's tensors there, which aborts the process the same way.
+it (`_finish_running_jobs`): a thread that ended while the interpreter finalizes would free its
+last job's tensors there, which aborts the process the same way. Jobs still queued then are not
+run; their callers get a `RuntimeError`, and no new threads start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import gc
 import logging
 import queue
 import threading
@@ -47,6 +49,8 @@ logger = logging.getLogger("asgi_host.model")
 
 _live: weakref.WeakSet[PassThreads] = weakref.WeakSet()
 _current = threading.local()  # on a model's thread: the abandoned flag of the job it runs
+_exited = False  # the exit's wait has run: no new threads
+_gave_up = False  # some caller gave up on its job: what the job left may sit in a reference cycle
 
 
 def abandoned() -> bool:
@@ -62,8 +66,14 @@ def _finish_running_jobs(live: Iterable[PassThreads] | None = None) -> None:
     `PassThreads` of the process).
 
     The join matters as much as the wait: a thread that ends frees what its last job left (an
-    abandoned load's model), and a tensor freed while the interpreter finalizes aborts the process
-    (torch gives up the GIL to free it and cannot take it back)."""
+    abandoned load's model), and a tensor freed on a thread other than the main one while the
+    interpreter finalizes aborts the process (torch gives up the GIL to free it and cannot take it
+    back). For the same reason, once a caller has given up on a job, a collection on this (the
+    main) thread frees what the job left in a reference cycle (the cancelled caller's traceback),
+    rather than one that another thread's allocation might run during finalization."""
+    global _exited
+    if live is None:
+        _exited = True
     running: list[tuple[threading.Event, threading.Event]] = []
     every = list(_live if live is None else live)
     for threads in every:
@@ -78,6 +88,8 @@ def _finish_running_jobs(live: Iterable[PassThreads] | None = None) -> None:
             done.wait()
     for threads in every:
         threads.join()
+    if _gave_up:
+        gc.collect()
 
 
 # Run by `threading._shutdown`, before non-daemon threads are joined and before the interpreter
@@ -91,6 +103,8 @@ class PassThreads:
     def __init__(self, count: int, name: str) -> None:
         if count < 1:
             raise ValueError(f"PassThreads needs at least one thread, got {count}")
+        if _exited:
+            raise RuntimeError("the interpreter is exiting: no new model threads")
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(count)
@@ -101,9 +115,9 @@ class PassThreads:
         self.running: dict[int, tuple[threading.Event, threading.Event]] = {}
         self._lock = threading.Lock()
         self._exiting = False
-        _live.add(self)
         for thread in self._threads:
             thread.start()
+        _live.add(self)  # once every thread runs: the exit joins them
 
     @property
     def stopped(self) -> bool:
@@ -134,6 +148,7 @@ class PassThreads:
         under it. With `withdraw_on_cancel`, a caller cancelled while its job is still queued takes
         it back instead: the thread skips it and the cancellation propagates at once.
         """
+        global _gave_up
         if self._stopped:
             raise RuntimeError("these worker threads have been stopped")
         native: Any = anyio.lowlevel.current_token().native_token
@@ -151,23 +166,26 @@ class PassThreads:
         def job() -> None:
             ident = threading.get_ident()
             with self._lock:
-                if self._exiting:
-                    return  # the interpreter is exiting: no new work on this thread
                 try:
                     claim.pop()
                 except IndexError:
                     return  # withdrawn while queued
-                self.running[ident] = (gave_up, finished)
-            _current.abandoned = gave_up
-            try:
-                outcome.append((True, context.run(fn, *args)))
-            except BaseException as exc:
-                outcome.append((False, exc))
-            finally:
-                _current.abandoned = None
-                with self._lock:
-                    del self.running[ident]
-                finished.set()
+                exiting = self._exiting
+                if not exiting:
+                    self.running[ident] = (gave_up, finished)
+            if exiting:  # no new work on this thread; its caller hears why
+                outcome.append((False, RuntimeError("the interpreter is exiting: the job was not run")))
+            else:
+                _current.abandoned = gave_up
+                try:
+                    outcome.append((True, context.run(fn, *args)))
+                except BaseException as exc:
+                    outcome.append((False, exc))
+                finally:
+                    _current.abandoned = None
+                    with self._lock:
+                        del self.running[ident]
+                    finished.set()
             # RuntimeError: the event loop has closed meanwhile (an abandoned job): nobody waits.
             with contextlib.suppress(RuntimeError):
                 notify(done.set)
@@ -179,6 +197,7 @@ class PassThreads:
                 try:
                     await done.wait()
                 except BaseException:
+                    _gave_up = True
                     gave_up.set()  # the job sees `abandoned()` and stops where it can
                     raise
             elif withdraw_on_cancel:

@@ -4,12 +4,14 @@ in torch's C++ code when the interpreter finalized aborted it (SIGABRT, or SIGSE
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import anyio
@@ -45,8 +47,15 @@ async def test_a_job_whose_caller_gives_up_sees_abandoned() -> None:
     assert abandoned() is False  # off a model's thread
 
 
+def _exit_in_a_thread(threads: PassThreads) -> threading.Thread:
+    """The exit's wait for `threads`, run where a test can bound it."""
+    exiting = threading.Thread(target=_worker._finish_running_jobs, args=([threads],), name="exiting")
+    exiting.start()
+    return exiting
+
+
 def test_at_exit_running_jobs_are_waited_for_and_queued_ones_skipped() -> None:
-    threads = PassThreads(1, "test-exit")
+    threads = PassThreads(1, "test-exit-wait")
     started, release = threading.Event(), threading.Event()
     ran: list[str] = []
 
@@ -63,27 +72,76 @@ def test_at_exit_running_jobs_are_waited_for_and_queued_ones_skipped() -> None:
             tg.cancel_scope.cancel()
 
     anyio.run(main)
-    exiting = threading.Thread(target=_worker._finish_running_jobs, args=([threads],))
-    exiting.start()
+    exiting = _exit_in_a_thread(threads)
     exiting.join(0.2)
     assert exiting.is_alive()  # waiting for the job that is running
     release.set()
     exiting.join(10)
     assert not exiting.is_alive()
     assert ran == ["first"]  # the queued job never started
-    assert not [t for t in threading.enumerate() if t.name.startswith("test-exit")]  # joined
+    assert not any(thread.is_alive() for thread in threads._threads)  # and every thread was joined
 
 
-def test_at_exit_every_thread_ends_before_finalizing() -> None:
-    # An abandoned load's model is freed by the thread that loaded it as that thread ends: when it
-    # ended while the interpreter finalized, freeing the tensors aborted the process (about one
-    # exit in ten, "terminate called without an active exception"). So every thread is joined.
+def test_at_exit_a_queued_job_s_caller_hears_it_was_not_run() -> None:
+    threads = PassThreads(1, "test-exit-queued")
+    started, release = threading.Event(), threading.Event()
+
+    def first() -> str:
+        started.set()
+        release.wait(10)
+        return "first"
+
+    heard: list[str] = []
+
+    async def queued() -> None:
+        try:
+            await threads.run(lambda: "queued")
+        except RuntimeError as exc:
+            heard.append(str(exc))
+
+    async def main() -> None:
+        with anyio.fail_after(10):  # a caller left waiting is a failure, not a hang
+            await serve()
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(threads.run, first)
+            await anyio.to_thread.run_sync(started.wait, 10)
+            tg.start_soon(queued)
+            await anyio.sleep(0.05)  # the second job is in the queue
+            exiting = _exit_in_a_thread(threads)
+            for _ in range(1000):  # until the exit has marked the queue skipped
+                if threads.stopped:
+                    break
+                await anyio.sleep(0.001)
+            release.set()
+            await anyio.to_thread.run_sync(exiting.join, 10)
+            assert not exiting.is_alive()
+
+    anyio.run(main)
+    assert heard == ["the interpreter is exiting: the job was not run"]
+    with pytest.raises(RuntimeError, match="stopped"):
+        anyio.run(threads.run, lambda: None)
+
+
+def test_at_exit_every_thread_ends_and_what_an_abandoned_job_left_is_freed_first() -> None:
+    # An abandoned load's model was freed by the thread that loaded it as that thread ended, or by
+    # whichever thread ran the next collection (the cancelled caller's traceback holds it in a
+    # cycle): when that happened while the interpreter finalized, freeing the tensors aborted the
+    # process (about one exit in ten, "terminate called without an active exception"). So at exit
+    # every thread is joined, and the cycle is collected on the exiting thread.
     threads = PassThreads(2, "test-exit-ends")
     started = threading.Event()
+    freed_on: list[str] = []
 
-    def load() -> None:
+    class Model:
+        def __del__(self) -> None:
+            freed_on.append(threading.current_thread().name)
+
+    def load() -> Model:
         started.set()
         time.sleep(0.2)
+        return Model()
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -91,10 +149,41 @@ def test_at_exit_every_thread_ends_before_finalizing() -> None:
             await anyio.to_thread.run_sync(started.wait, 10)
             tg.cancel_scope.cancel()  # the caller gives up; the load runs on
 
-    anyio.run(main)
-    assert len([t for t in threading.enumerate() if t.name.startswith("test-exit-ends")]) == 2
-    _worker._finish_running_jobs([threads])
-    assert not [t for t in threading.enumerate() if t.name.startswith("test-exit-ends")]
+    gc.disable()  # no collection but the exit's own decides where the model is freed
+    try:
+        anyio.run(main)
+        assert all(thread.is_alive() for thread in threads._threads)
+        exiting = _exit_in_a_thread(threads)
+        exiting.join(10)
+        assert not exiting.is_alive()
+    finally:
+        gc.enable()
+    assert not any(thread.is_alive() for thread in threads._threads)
+    assert freed_on == ["exiting"]
+
+
+async def test_a_finished_job_s_result_is_not_held_by_the_idle_thread() -> None:
+    threads = PassThreads(1, "test-exit-held")
+
+    class Model:
+        pass
+
+    model = await threads.run(Model)
+    held = weakref.ref(model)
+    del model
+    for _ in range(1000):  # the thread lets go of the job just after handing the result over
+        if held() is None:
+            break
+        await anyio.sleep(0.001)
+    assert held() is None
+    threads.stop()
+    await anyio.to_thread.run_sync(threads.join, 10)
+
+
+def test_no_model_threads_start_once_the_exit_has_waited(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_worker, "_exited", True)
+    with pytest.raises(RuntimeError, match="the interpreter is exiting"):
+        PassThreads(1, "test-exit-late")
 
 
 SCRIPT = textwrap.dedent(
