@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
-import math
 import weakref
 from typing import Any
 
@@ -79,15 +78,18 @@ async def test_someone_elses_cancel_is_not_a_timeout() -> None:
 async def test_a_cancel_that_lands_with_the_deadline_stays_a_cancel() -> None:
     """The tick and, before the task runs again, the server both cancel it: a cancel, not a timeout."""
     loop = asyncio.get_running_loop()
+    ticks: list[int] = []
 
     async def waits() -> None:
-        async with deadline_after(0.05):
+        async with deadline_after(0.05) as wait:
+            ticks.append(wait._tick)
             await asyncio.sleep(30)
 
     task = asyncio.ensure_future(waits())
     await asyncio.sleep(0)  # it waits now
-    deadline = math.ceil((loop.time() + 0.05) / TICK_S) * TICK_S
-    loop.call_at(deadline, task.cancel)  # right after the tick's timer, in the same pass
+    # At the wait's own tick (computing it again here could land a tick later, where the timeout
+    # has already been answered).
+    loop.call_at(ticks[0] * TICK_S, task.cancel)  # the same time as the tick's timer: the same pass
     with pytest.raises(asyncio.CancelledError):
         await task
 
