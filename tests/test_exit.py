@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import weakref
 from pathlib import Path
 
@@ -35,11 +34,10 @@ async def test_a_job_whose_caller_gives_up_sees_abandoned() -> None:
         release.wait(10)
         seen.append(abandoned())
 
-    with anyio.move_on_after(0.05):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: threads.run(work, abandon_on_cancel=True))
-            await anyio.to_thread.run_sync(started.wait, 10)
-            tg.cancel_scope.cancel()  # the caller gives up; the job runs on
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: threads.run(work, abandon_on_cancel=True))
+        await anyio.to_thread.run_sync(started.wait, 10)
+        tg.cancel_scope.cancel()  # the caller gives up; the job runs on
     release.set()
     threads.stop()
     await anyio.to_thread.run_sync(threads.join, 10)
@@ -131,7 +129,7 @@ def test_at_exit_every_thread_ends_and_what_an_abandoned_job_left_is_freed_first
     # process (about one exit in ten, "terminate called without an active exception"). So at exit
     # every thread is joined, and the cycle is collected on the exiting thread.
     threads = PassThreads(2, "test-exit-ends")
-    started = threading.Event()
+    started, proceed = threading.Event(), threading.Event()
     freed_on: list[str] = []
 
     class Model:
@@ -140,7 +138,7 @@ def test_at_exit_every_thread_ends_and_what_an_abandoned_job_left_is_freed_first
 
     def load() -> Model:
         started.set()
-        time.sleep(0.2)
+        proceed.wait(10)
         return Model()
 
     async def main() -> None:
@@ -154,6 +152,9 @@ def test_at_exit_every_thread_ends_and_what_an_abandoned_job_left_is_freed_first
         anyio.run(main)
         assert all(thread.is_alive() for thread in threads._threads)
         exiting = _exit_in_a_thread(threads)
+        exiting.join(0.05)
+        assert exiting.is_alive()  # waiting for the load
+        proceed.set()
         exiting.join(10)
         assert not exiting.is_alive()
     finally:
