@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,11 +105,22 @@ def test_bad_weights_make_hypercorn_exit_nonzero(tmp_path: Path, problem: str) -
     assert expected in output
 
 
+def _workers_that_logged(output: str, line: str) -> set[str]:
+    """The worker tags (PIDs) of the log lines that contain `line`."""
+    return {entry.split("] [")[1] for entry in output.splitlines() if line in entry}
+
+
 def test_two_workers_each_load_and_release_their_own_model(tmp_path: Path) -> None:
     port = free_port()
     with run_server(
         server_command("hypercorn", "examples.app:app", port, ["-w", "2"]), port, tmp_path
     ) as server:
+        # Ready means one worker listens; the other may still be loading. Stopped then, hypercorn's
+        # supervisor terminates it as soon as the first has exited, before it has loaded.
+        deadline = time.monotonic() + 60
+        while len(_workers_that_logged(server.output(), "model IrisMLP loaded")) < 2:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.05)
         for _ in range(4):
             response = httpx.post(
                 server.url + "/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}, timeout=10
@@ -117,7 +129,7 @@ def test_two_workers_each_load_and_release_their_own_model(tmp_path: Path) -> No
         exit_code = server.stop()
     output = server.output()
     assert exit_code == 0, output
-    loaded = {line.split("] [")[1] for line in output.splitlines() if "model IrisMLP loaded" in line}
-    released = {line.split("] [")[1] for line in output.splitlines() if "model 'model' released" in line}
+    loaded = _workers_that_logged(output, "model IrisMLP loaded")
+    released = _workers_that_logged(output, "model 'model' released")
     assert len(loaded) == 2, output  # two worker processes, one model each
     assert released == loaded
