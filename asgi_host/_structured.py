@@ -22,7 +22,7 @@ __all__ = ["StructEndpoint"]
 T = TypeVar("T")
 
 JSON = "application/json"
-_PLAIN_JSON = (b"application/json", None)  # a content type that needs no parsing to mean JSON
+_PLAIN_JSON = (JSON.encode("latin-1"), None)  # a content type that needs no parsing to mean JSON
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 
 _json_encoder = msgspec.json.Encoder()

@@ -19,6 +19,7 @@ import pytest
 from asgi_host import _worker
 from asgi_host._worker import PassThreads, abandoned
 from tests._server import ROOT
+from tests._wait import until
 
 pytestmark = pytest.mark.anyio
 
@@ -108,10 +109,7 @@ def test_at_exit_a_queued_job_s_caller_hears_it_was_not_run() -> None:
             tg.start_soon(queued)
             await anyio.sleep(0.05)  # the second job is in the queue
             exiting = _exit_in_a_thread(threads)
-            for _ in range(1000):  # until the exit has marked the queue skipped
-                if threads.stopped:
-                    break
-                await anyio.sleep(0.001)
+            await until(lambda: threads.stopped, timeout_s=1)  # the exit has marked the queue skipped
             release.set()
             await anyio.to_thread.run_sync(exiting.join, 10)
             assert not exiting.is_alive()
@@ -172,11 +170,8 @@ async def test_a_finished_job_s_result_is_not_held_by_the_idle_thread() -> None:
     model = await threads.run(Model)
     held = weakref.ref(model)
     del model
-    for _ in range(1000):  # the thread lets go of the job just after handing the result over
-        if held() is None:
-            break
-        await anyio.sleep(0.001)
-    assert held() is None
+    # The thread lets go of the job just after handing the result over.
+    await until(lambda: held() is None, timeout_s=1)
     threads.stop()
     await anyio.to_thread.run_sync(threads.join, 10)
 
